@@ -1,0 +1,1 @@
+"""Settings: frozen, documented configuration trees per role, and their loaders."""

@@ -1,0 +1,1 @@
+"""Role: kubelet device plugin (node agent)."""

@@ -1,0 +1,1 @@
+"""Kubernetes API access (no business logic): objects, errors, client, watch, leases."""

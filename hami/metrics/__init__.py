@@ -1,0 +1,1 @@
+"""Prometheus metrics shared by every role: registry, collectors, /metrics routes."""

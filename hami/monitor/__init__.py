@@ -1,0 +1,1 @@
+"""Role: vGPU monitor (per-node usage exporter)."""

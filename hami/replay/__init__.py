@@ -1,0 +1,1 @@
+"""Trace replay: offline scheduling experiments over cluster traces."""

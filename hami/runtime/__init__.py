@@ -1,0 +1,1 @@
+"""Domain-agnostic asyncio infrastructure: tasks, backoff, shutdown, clocks, logging."""

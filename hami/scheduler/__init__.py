@@ -1,0 +1,1 @@
+"""Role: scheduler extender + admission webhook."""

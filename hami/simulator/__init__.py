@@ -1,0 +1,1 @@
+"""Embedded cluster: in-memory API server, fake kube-scheduler, fake kubelets."""
