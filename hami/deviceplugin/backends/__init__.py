@@ -1,0 +1,1 @@
+"""GPU backends behind ``hami.deviceplugin.backend.DeviceBackend``: ``nvml`` and ``mock``."""

@@ -1,0 +1,386 @@
+"""Which pod an Allocate call belongs to, and how its outcome is recorded.
+
+Kubelet's Allocate carries only device IDs (k8s-apis.md §1.4 item 9), so the plugin finds the
+pod itself. Two ports keep that decision replaceable:
+
+* :class:`PendingPodSource` answers "node + requested device IDs -> pod and container";
+* :class:`AllocationRecorder` patches the outcome (consume the container's entry of
+  ``hami.io/vgpu-devices-to-allocate``, set the bind phase, release the node lock).
+
+:class:`HamiPendingPodSource` is the HAMi-2.8-compatible lookup (node lock ``ns/name`` first,
+then pending pods with bind phase ``allocating`` on this node) with the checks HAMi lacks:
+the pod must really be bound to this node and waiting, its next container entry must have as
+many devices as kubelet asked for, and when kubelet's IDs name GPUs (GetPreferredAllocation)
+they must be exactly that entry's GPUs. Several plausible pods and no way to tell them apart
+is an error, never a guess (HAMi #781, #2640, #3096).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from hami.core import keys
+from hami.core.errors import DecodeError, HamiError
+from hami.core.model import ContainerDevices, PodSingleDevice
+from hami.core.node_lock import NodeLock, decode_node_lock
+from hami.core.pod_annotations import decode_pod_single_device, device_id_of, encode_pod_single_device
+
+logger = logging.getLogger(__name__)
+
+RawObject = Mapping[str, Any]
+
+
+# ----------------------------------------------------------------------------------- API ports
+
+
+class PodApi(Protocol):
+    """The pod calls the plugin needs (the lead wires hami.k8s behind it)."""
+
+    async def get_pod(self, namespace: str, name: str) -> RawObject: ...
+
+    async def list_pods_on_node(self, node: str) -> Sequence[RawObject]:
+        """Pods with ``spec.nodeName == node`` in every namespace."""
+        ...
+
+    async def patch_pod(self, namespace: str, name: str, patch: Mapping[str, Any]) -> RawObject:
+        """JSON merge patch (``application/merge-patch+json``)."""
+        ...
+
+
+class NodeApi(Protocol):
+    async def get_node(self, name: str) -> RawObject: ...
+
+    async def patch_node(self, name: str, patch: Mapping[str, Any]) -> RawObject:
+        """JSON merge patch; a ``metadata.resourceVersion`` in the patch is a precondition."""
+        ...
+
+    async def patch_node_status(self, name: str, patch: Mapping[str, Any]) -> RawObject:
+        """JSON merge patch of the ``status`` subresource."""
+        ...
+
+
+# ----------------------------------------------------------------------------------- errors
+
+
+class PodLookupError(HamiError):
+    """No pod can be safely matched to this Allocate call."""
+
+
+class AmbiguousAllocation(PodLookupError):
+    """Several pending pods fit the request and nothing tells them apart."""
+
+
+class MalformedAllocation(PodLookupError):
+    """The matched pod's annotations cannot be read; the pod can never be allocated."""
+
+    def __init__(self, pod: RawObject, cause: DecodeError) -> None:
+        self.pod = pod
+        self.cause = cause
+        super().__init__(f"pod {pod_ref(pod)}: {cause}")
+
+
+# ----------------------------------------------------------------------------------- values
+
+
+def _meta(obj: RawObject) -> Mapping[str, Any]:
+    meta = obj.get("metadata")
+    return meta if isinstance(meta, Mapping) else {}
+
+
+def annotations_of(obj: RawObject) -> Mapping[str, str]:
+    ann = _meta(obj).get("annotations")
+    return ann if isinstance(ann, Mapping) else {}
+
+
+def pod_ref(pod: RawObject) -> str:
+    meta = _meta(pod)
+    return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PendingAllocation:
+    """The pod, the container kubelet is allocating, its devices, and what is left afterwards."""
+
+    pod: RawObject
+    container_index: int
+    devices: ContainerDevices
+    remaining: PodSingleDevice  # the to-allocate list with this container's entry emptied
+
+    @property
+    def namespace(self) -> str:
+        return str(_meta(self.pod).get("namespace", ""))
+
+    @property
+    def name(self) -> str:
+        return str(_meta(self.pod).get("name", ""))
+
+    @property
+    def uid(self) -> str:
+        return str(_meta(self.pod).get("uid", ""))
+
+    @property
+    def container(self) -> Mapping[str, Any]:
+        containers = self.pod.get("spec", {}).get("containers", [])
+        return containers[self.container_index] if self.container_index < len(containers) else {}
+
+    @property
+    def container_name(self) -> str:
+        return str(self.container.get("name", ""))
+
+    @property
+    def complete(self) -> bool:
+        """Nothing left to allocate after this container."""
+        return not any(self.remaining)
+
+
+class PendingPodSource(Protocol):
+    async def find(self, node: str, device_ids: Sequence[str]) -> PendingAllocation:
+        """The allocation kubelet's ``device_ids`` belong to; raises :class:`PodLookupError`."""
+        ...
+
+    async def expected(self, node: str, count: int) -> PendingAllocation | None:
+        """The allocation kubelet most likely serves next with ``count`` devices (a preference
+        for GetPreferredAllocation only; :meth:`find` still verifies)."""
+        ...
+
+
+class AllocationRecorder(Protocol):
+    async def consume(self, allocation: PendingAllocation) -> None:
+        """Erase the container's entry from ``hami.io/vgpu-devices-to-allocate``."""
+        ...
+
+    async def finish(self, pod: RawObject, node: str, *, success: bool) -> None:
+        """Set ``hami.io/bind-phase`` to success/failed, then release the node lock if it is this pod's.
+
+        Never raises: failures are logged (the lock then expires on the scheduler side).
+        """
+        ...
+
+
+# ----------------------------------------------------------------------------------- matching
+
+
+def _key_of(pod: RawObject) -> tuple[str, str]:
+    meta = _meta(pod)
+    return str(meta.get("namespace", "")), str(meta.get("name", ""))
+
+
+def _creation_key(pod: RawObject) -> tuple[str, str, str]:
+    meta = _meta(pod)
+    return (str(meta.get("creationTimestamp", "")), str(meta.get("namespace", "")), str(meta.get("name", "")))
+
+
+def pending_entry(pod: RawObject, node: str) -> tuple[int, ContainerDevices, PodSingleDevice] | str:
+    """The next container entry this pod waits for on ``node``, or why it is not waiting.
+
+    Raises :class:`DecodeError` when the to-allocate annotation is malformed.
+    """
+    meta = _meta(pod)
+    if meta.get("deletionTimestamp"):
+        return "being deleted"
+    status = pod.get("status")
+    phase = status.get("phase") if isinstance(status, Mapping) else None
+    if phase not in (None, "Pending"):
+        return f"phase {phase}"
+    spec = pod.get("spec")
+    spec = spec if isinstance(spec, Mapping) else {}
+    if spec.get("nodeName") != node:
+        return f"bound to {spec.get('nodeName')!r}, not {node!r}"
+    ann = annotations_of(pod)
+    if ann.get(keys.VGPU_NODE) != node:
+        return f"{keys.VGPU_NODE} is {ann.get(keys.VGPU_NODE)!r}"
+    if ann.get(keys.BIND_PHASE) != keys.BIND_PHASE_ALLOCATING:
+        return f"{keys.BIND_PHASE} is {ann.get(keys.BIND_PHASE)!r}"
+    raw = ann.get(keys.VGPU_DEVICES_TO_ALLOCATE)
+    if raw is None:
+        return f"no {keys.VGPU_DEVICES_TO_ALLOCATE}"
+    psd = decode_pod_single_device(raw, key=keys.VGPU_DEVICES_TO_ALLOCATE)
+    containers = spec.get("containers")
+    n_containers = len(containers) if isinstance(containers, list) else 0
+    if len(psd) > n_containers:
+        raise DecodeError(
+            keys.VGPU_DEVICES_TO_ALLOCATE, raw, f"{len(psd)} container entries but the pod has {n_containers}"
+        )
+    for index, devices in enumerate(psd):
+        if devices:
+            return index, devices, psd
+    return "all containers already allocated"
+
+
+def names_gpus_of(device_ids: Sequence[str], devices: ContainerDevices) -> bool:
+    """Kubelet's virtual IDs (``<uuid>-<i>``) name exactly the entry's GPUs (as a multiset)."""
+    wanted = sorted(device_id_of(d.uuid) for d in devices)
+    got = sorted(vid.rpartition("-")[0] for vid in device_ids)
+    return wanted == got
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    allocation: PendingAllocation
+    from_lock: bool
+
+
+class HamiPendingPodSource:
+    """HAMi-2.8-compatible lookup with verification (module docstring)."""
+
+    def __init__(self, pods: PodApi, nodes: NodeApi) -> None:
+        self._pods = pods
+        self._nodes = nodes
+
+    async def _lock(self, node: str) -> NodeLock | None:
+        value = annotations_of(await self._nodes.get_node(node)).get(keys.NODE_LOCK)
+        if not value:
+            return None
+        try:
+            lock = decode_node_lock(value)
+        except DecodeError as e:
+            # The lock only orders candidates here; every candidate is verified anyway.
+            logger.warning("node %s: ignoring unreadable node lock: %s", node, e)
+            return None
+        return lock if lock.owner is not None else None
+
+    async def _candidates(
+        self, node: str
+    ) -> tuple[list[_Candidate], list[str], list[tuple[MalformedAllocation, bool]]]:
+        lock = await self._lock(node)
+        holder = (lock.namespace, lock.name) if lock is not None and lock.namespace and lock.name else None
+        pods = list(await self._pods.list_pods_on_node(node))
+        if holder is not None and not any(_key_of(p) == holder for p in pods):
+            try:
+                pods.append(await self._pods.get_pod(*holder))
+            except Exception as e:  # a lock naming a deleted pod: nothing to serve there
+                logger.info("node %s: lock holder %s/%s not readable: %s", node, holder[0], holder[1], e)
+        pods.sort(key=lambda p: (_key_of(p) != holder, *_creation_key(p)))
+        candidates: list[_Candidate] = []
+        skipped: list[str] = []
+        malformed: list[tuple[MalformedAllocation, bool]] = []
+        for pod in pods:
+            from_lock = _key_of(pod) == holder
+            if from_lock and lock is not None and lock.uid is not None and lock.uid != _meta(pod).get("uid"):
+                # Same name, different pod (deleted and re-created): the lock is not this pod's.
+                logger.info("node %s: lock names %s but UID %s, not this pod's", node, pod_ref(pod), lock.uid)
+                from_lock = False
+            try:
+                entry = pending_entry(pod, node)
+            except DecodeError as e:
+                malformed.append((MalformedAllocation(pod, e), from_lock))
+                continue
+            if isinstance(entry, str):
+                if from_lock or keys.VGPU_DEVICES_TO_ALLOCATE in annotations_of(pod):
+                    skipped.append(f"{pod_ref(pod)}: {entry}")
+                continue
+            index, devices, psd = entry
+            remaining = tuple(() if i == index else c for i, c in enumerate(psd))
+            allocation = PendingAllocation(
+                pod=pod, container_index=index, devices=devices, remaining=remaining
+            )
+            candidates.append(_Candidate(allocation, from_lock))
+        return candidates, skipped, malformed
+
+    async def find(self, node: str, device_ids: Sequence[str]) -> PendingAllocation:
+        if not device_ids:
+            raise PodLookupError("Allocate asked for no devices")
+        candidates, skipped, malformed = await self._candidates(node)
+        sized = [c for c in candidates if len(c.allocation.devices) == len(device_ids)]
+        exact = [c for c in sized if names_gpus_of(device_ids, c.allocation.devices)]
+        if exact:
+            # Same GPUs requested: the lock holder, else the oldest (kubelet admits in creation order).
+            return exact[0].allocation
+        locked = [c for c in sized if c.from_lock]
+        if locked:
+            return locked[0].allocation
+        if len(sized) == 1:
+            return sized[0].allocation
+        if len(sized) > 1:
+            names = ", ".join(pod_ref(c.allocation.pod) for c in sized)
+            raise AmbiguousAllocation(
+                f"node {node}: {len(sized)} pods wait for {len(device_ids)} device(s) ({names}) and "
+                "kubelet's device IDs match none of them exactly; refusing to guess"
+            )
+        if malformed:
+            # A pod whose annotation cannot be read can never be served; fail it when it is
+            # the one meant: the lock holder, or the only pod that could be.
+            held = [m for m, from_lock in malformed if from_lock]
+            if held:
+                raise held[0]
+            if len(malformed) == 1 and not candidates:
+                raise malformed[0][0]
+        reasons = [
+            f"{pod_ref(c.allocation.pod)}: waits for {len(c.allocation.devices)} device(s)"
+            for c in candidates
+        ]
+        reasons += skipped + [str(m) for m, _ in malformed]
+        detail = "; ".join(reasons) if reasons else "no pod is being allocated there"
+        raise PodLookupError(f"no pod on node {node} waits for {len(device_ids)} device(s) ({detail})")
+
+    async def expected(self, node: str, count: int) -> PendingAllocation | None:
+        candidates, _skipped, _malformed = await self._candidates(node)
+        sized = [c for c in candidates if len(c.allocation.devices) == count]
+        return sized[0].allocation if sized else None
+
+
+# ----------------------------------------------------------------------------------- recorder
+
+
+class KubeAllocationRecorder:
+    """:class:`AllocationRecorder` over merge patches, as HAMi 2.8 writes them (node spec §4.6)."""
+
+    def __init__(
+        self, pods: PodApi, nodes: NodeApi, *, lock_retries: int = 5, retry_delay_s: float = 0.1
+    ) -> None:
+        self._pods = pods
+        self._nodes = nodes
+        self._lock_retries = lock_retries
+        self._retry_delay_s = retry_delay_s
+
+    async def consume(self, allocation: PendingAllocation) -> None:
+        value = encode_pod_single_device(allocation.remaining)
+        patch = {"metadata": {"annotations": {keys.VGPU_DEVICES_TO_ALLOCATE: value}}}
+        await self._pods.patch_pod(allocation.namespace, allocation.name, patch)
+
+    async def finish(self, pod: RawObject, node: str, *, success: bool) -> None:
+        meta = _meta(pod)
+        namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+        phase = keys.BIND_PHASE_SUCCESS if success else keys.BIND_PHASE_FAILED
+        try:
+            await self._pods.patch_pod(
+                namespace, name, {"metadata": {"annotations": {keys.BIND_PHASE: phase}}}
+            )
+        except Exception as e:  # still release the lock (HAMi 2.8 would keep it until expiry)
+            logger.error("pod %s/%s: cannot set %s=%s: %s", namespace, name, keys.BIND_PHASE, phase, e)
+        uid = meta.get("uid")
+        await self.release_lock(node, namespace, name, uid=str(uid) if uid else None)
+
+    async def release_lock(self, node: str, namespace: str, name: str, *, uid: str | None = None) -> None:
+        """Remove ``hami.io/mutex.lock`` if it is held by this pod (and this UID, when the lock has one)."""
+        for attempt in range(1, self._lock_retries + 1):
+            try:
+                obj = await self._nodes.get_node(node)
+                value = annotations_of(obj).get(keys.NODE_LOCK)
+                if not value:
+                    return
+                try:
+                    held = decode_node_lock(value).held_by(namespace, name, uid)
+                except DecodeError:
+                    held = False
+                if not held:
+                    logger.info(
+                        "node %s: lock %r is not held by %s/%s; leaving it", node, value, namespace, name
+                    )
+                    return
+                patch = {
+                    "metadata": {
+                        "annotations": {keys.NODE_LOCK: None},
+                        "resourceVersion": _meta(obj).get("resourceVersion"),
+                    }
+                }
+                await self._nodes.patch_node(node, patch)
+                return
+            except Exception as e:
+                logger.warning("node %s: releasing lock failed (attempt %d): %s", node, attempt, e)
+                await asyncio.sleep(self._retry_delay_s)
+        logger.error("node %s: could not release the lock of %s/%s", node, namespace, name)
