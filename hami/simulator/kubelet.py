@@ -1,0 +1,631 @@
+"""A fake kubelet per node: node registration and heartbeat, pod admission with device plugins,
+pod phases, and graceful-deletion finalisation, all through the API server over HTTP.
+
+Pod admission follows kubelet's order: the pods bound to the node that are new since the last
+pass form a batch, sorted by ``creationTimestamp`` (``HandlePodAdditions``), and are admitted one
+at a time. For each init container, then each container, every ``limits`` entry that is a
+registered device-plugin resource gets devices from the :class:`DeviceManager` (``Allocate`` is
+called per container, in that order: HAMi's device plugin finds "the pod being allocated" from
+exactly this ordering, hami-node-spec.md §4.2). Resources no plugin registered are skipped, as
+kubelet drops unknown extended resources. A failed allocation rejects the pod: phase ``Failed``,
+reason ``UnexpectedAdmissionError``, message ``Pod was rejected: Allocate failed due to …, which
+is unexpected``. Admitted pods go to ``Running`` with container statuses; with the annotation
+:data:`RUN_SECONDS_ANNOTATION` they finish (``Succeeded``) after that many seconds. A graceful
+DELETE is finished like kubelet does: containers stop, the terminal phase is written, then the pod
+is deleted with grace 0 and a UID precondition.
+
+What Allocate answered is recorded per pod, in memory (:meth:`FakeKubelet.record`) and as JSON in
+``<state_dir>/pods/<namespace>_<name>_<uid>.json``; :meth:`FakeKubelet.pod_resources` is a
+PodResources-``List``-like view of the device IDs each container holds (also written to
+``<state_dir>/pod-resources.json``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from hami.core.quantity import QuantityError, exact_integer, parse_quantity
+from hami.simulator.devicemanager import (
+    AdmissionError,
+    ContainerAllocation,
+    DeviceManager,
+    DeviceManagerSettings,
+)
+from hami.simulator.restclient import (
+    STRATEGIC_PATCH,
+    ApiError,
+    Informer,
+    InformerEvent,
+    RestClient,
+    node_path,
+    pod_path,
+)
+
+logger = logging.getLogger(__name__)
+
+JsonObj = dict[str, Any]
+RUN_SECONDS_ANNOTATION: Final = "hami.io/sim-run-seconds"
+"""Pod annotation: seconds after which the fake kubelet marks the running pod ``Succeeded``."""
+KUBELET_VERSION: Final = "v1.35.0-hami-sim"
+REASON_ADMISSION: Final = "UnexpectedAdmissionError"
+_TERMINAL: Final = frozenset({"Succeeded", "Failed"})
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return obj.get("metadata") or {}
+
+
+def _spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return obj.get("spec") or {}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KubeletSettings:
+    heartbeat_interval: float = 10.0
+    """Seconds between node status heartbeats (Ready condition, device counts)."""
+    devices: DeviceManagerSettings = field(default_factory=DeviceManagerSettings)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PodRecord:
+    """What the kubelet did with one pod: its device allocations and the outcome of admission."""
+
+    namespace: str
+    name: str
+    uid: str
+    node: str
+    phase: str
+    allocations: tuple[ContainerAllocation, ...] = ()
+    reason: str = ""
+    message: str = ""
+
+    def envs(self, container: str) -> dict[str, str]:
+        """Env of one container as the runtime would see it (all its Allocate answers merged)."""
+        merged: dict[str, str] = {}
+        for allocation in self.allocations:
+            if allocation.container == container:
+                merged.update(allocation.envs)
+        return merged
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "name": self.name,
+            "uid": self.uid,
+            "node": self.node,
+            "phase": self.phase,
+            "reason": self.reason,
+            "message": self.message,
+            "allocations": [a.to_json() for a in self.allocations],
+        }
+
+
+def _container_id(uid: str, name: str) -> str:
+    return "containerd://" + hashlib.sha256(f"{uid}/{name}".encode()).hexdigest()
+
+
+def _image_id(image: str) -> str:
+    return f"{image.split(':')[0]}@sha256:{hashlib.sha256(image.encode()).hexdigest()}"
+
+
+def _device_count(value: object) -> int:
+    try:
+        count = exact_integer(parse_quantity(value))  # type: ignore[arg-type]
+    except QuantityError:
+        return 0
+    return max(count or 0, 0)
+
+
+class FakeKubelet:
+    """One node's kubelet. :meth:`run` until cancelled; :meth:`restart` re-creates ``kubelet.sock``."""
+
+    def __init__(
+        self,
+        client: RestClient,
+        node: JsonObj,
+        *,
+        plugin_dir: Path,
+        state_dir: Path,
+        node_ip: str,
+        pod_cidr_prefix: str,
+        settings: KubeletSettings | None = None,
+    ) -> None:
+        self._client = client
+        self._template = node
+        self.name = str(_meta(node)["name"])
+        self.node_ip = node_ip
+        self._pod_cidr_prefix = pod_cidr_prefix
+        self._next_ip = 2
+        self.state_dir = state_dir
+        self.settings = settings or KubeletSettings()
+        self.devices = DeviceManager(
+            plugin_dir, on_change=self._status_changed, settings=self.settings.devices
+        )
+        self._pods = Informer(
+            client, "/api/v1/pods", field_selector=f"spec.nodeName={self.name}", name=f"kubelet {self.name}"
+        )
+        self._pods.add_handler(self._on_pod)
+        self._wake = asyncio.Event()
+        self._status_dirty = asyncio.Event()
+        self._handled: set[str] = set()  # pod UIDs admitted, rejected or adopted
+        self._finalizing: set[str] = set()
+        self._timers: dict[str, asyncio.Task[None]] = {}
+        self._published: set[str] = set()
+        self._ready_since = _now()
+        self.records: dict[str, PodRecord] = {}
+        """Pod UID → what the kubelet did with it (kept after the pod is gone)."""
+        self.ready = asyncio.Event()
+
+    @property
+    def plugin_dir(self) -> Path:
+        return self.devices.plugin_dir
+
+    # ---- node ---------------------------------------------------------------------------------
+
+    def _node_conditions(self) -> list[JsonObj]:
+        now = _now()
+        rows = [
+            (
+                "MemoryPressure",
+                "False",
+                "KubeletHasSufficientMemory",
+                "kubelet has sufficient memory available",
+            ),
+            ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+            ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+            ("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+        ]
+        return [
+            {
+                "type": t,
+                "status": s,
+                "reason": r,
+                "message": m,
+                "lastHeartbeatTime": now,
+                "lastTransitionTime": self._ready_since,
+            }
+            for t, s, r, m in rows
+        ]
+
+    def _device_status(self) -> tuple[JsonObj, JsonObj]:
+        self.devices.expire_stopped()
+        capacity: JsonObj = {}
+        allocatable: JsonObj = {}
+        current = self.devices.capacity()
+        for name in self._published - current.keys():
+            capacity[name] = None
+            allocatable[name] = None
+        for name, (total, healthy) in current.items():
+            capacity[name] = str(total)
+            allocatable[name] = str(healthy)
+        self._published = set(current)
+        return capacity, allocatable
+
+    async def _register_node(self) -> None:
+        status = dict(self._template.get("status") or {})
+        status.update(
+            conditions=self._node_conditions(),
+            addresses=[
+                {"type": "InternalIP", "address": self.node_ip},
+                {"type": "Hostname", "address": self.name},
+            ],
+            daemonEndpoints={"kubeletEndpoint": {"Port": 10250}},
+            nodeInfo={
+                "machineID": hashlib.md5(self.name.encode(), usedforsecurity=False).hexdigest(),
+                "systemUUID": hashlib.md5(f"uuid/{self.name}".encode(), usedforsecurity=False).hexdigest(),
+                "bootID": hashlib.md5(
+                    f"boot/{self.name}/{os.getpid()}".encode(), usedforsecurity=False
+                ).hexdigest(),
+                "kernelVersion": "6.1.0-hami-sim",
+                "osImage": "HAMi simulated node",
+                "containerRuntimeVersion": "containerd://2.0.0-hami-sim",
+                "kubeletVersion": KUBELET_VERSION,
+                "kubeProxyVersion": "",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+            },
+        )
+        body = {**self._template, "apiVersion": "v1", "kind": "Node", "status": status}
+        try:
+            await self._client.create("/api/v1/nodes", body)
+        except ApiError as exc:
+            if exc.code != 409:
+                raise
+            await self._client.patch(node_path(self.name, "status"), {"status": status})
+
+    async def _renew_lease(self) -> None:
+        """The node heartbeat Lease in ``kube-node-lease`` (what ``kubectl describe node`` shows)."""
+        renew = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{self.name}"
+        try:
+            await self._client.patch(path, {"spec": {"renewTime": renew}})
+        except ApiError as exc:
+            if exc.code != 404:
+                raise
+            lease = {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "metadata": {"name": self.name, "namespace": "kube-node-lease"},
+                "spec": {"holderIdentity": self.name, "leaseDurationSeconds": 40, "renewTime": renew},
+            }
+            await self._client.create("/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", lease)
+
+    def _status_changed(self) -> None:
+        self._status_dirty.set()
+
+    async def _status_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.heartbeat_interval):
+                    await self._status_dirty.wait()
+            self._status_dirty.clear()
+            capacity, allocatable = self._device_status()
+            patch = {
+                "status": {
+                    "capacity": capacity,
+                    "allocatable": allocatable,
+                    "conditions": self._node_conditions(),
+                }
+            }
+            try:
+                await self._client.patch(node_path(self.name, "status"), patch, content_type=STRATEGIC_PATCH)
+                await self._renew_lease()
+            except ApiError as exc:
+                logger.warning("kubelet %s: node status update failed: %s", self.name, exc)
+                self._published.clear()  # re-send everything next time
+                self._status_dirty.set()
+                await asyncio.sleep(0.5)
+
+    # ---- pods ---------------------------------------------------------------------------------
+
+    def _on_pod(self, event: InformerEvent) -> None:
+        if event.type == "DELETED" and event.old is not None:
+            uid = str(_meta(event.old).get("uid", ""))
+            self._forget(uid)
+        self._wake.set()
+
+    def _forget(self, uid: str) -> None:
+        self.devices.release(uid)
+        self._handled.discard(uid)
+        self._finalizing.discard(uid)
+        timer = self._timers.pop(uid, None)
+        if timer is not None:
+            timer.cancel()
+        self._write_pod_resources()
+
+    async def _pod_worker(self, tg: asyncio.TaskGroup) -> None:
+        await self._pods.synced.wait()
+        while True:
+            self._wake.clear()
+            await self._sync(tg)
+            await self._wake.wait()
+
+    async def _sync(self, tg: asyncio.TaskGroup) -> None:
+        pods = list(self._pods.objects.values())
+        for pod in pods:
+            uid = str(_meta(pod).get("uid", ""))
+            if _meta(pod).get("deletionTimestamp") and uid not in self._finalizing:
+                self._finalizing.add(uid)
+                tg.create_task(self._finalize(pod), name=f"kubelet {self.name}: finalize {uid}")
+        batch = [
+            p
+            for p in pods
+            if str(_meta(p).get("uid", "")) not in self._handled and not _meta(p).get("deletionTimestamp")
+        ]
+        batch.sort(
+            key=lambda p: (
+                str(_meta(p).get("creationTimestamp", "")),
+                _meta(p).get("namespace", ""),
+                _meta(p).get("name", ""),
+            )
+        )
+        for pod in batch:
+            uid = str(_meta(pod).get("uid", ""))
+            self._handled.add(uid)
+            if (pod.get("status") or {}).get("phase", "Pending") != "Pending":
+                continue  # adopted: already running or finished before this kubelet saw it
+            await self._admit(pod, tg)
+
+    def _pod_ip(self) -> str:
+        ip = f"{self._pod_cidr_prefix}.{self._next_ip}"
+        self._next_ip = self._next_ip + 1 if self._next_ip < 254 else 2
+        return ip
+
+    async def _admit(self, pod: JsonObj, tg: asyncio.TaskGroup) -> None:
+        meta, spec = _meta(pod), _spec(pod)
+        uid = str(meta.get("uid", ""))
+        record = PodRecord(
+            namespace=str(meta.get("namespace", "")),
+            name=str(meta.get("name", "")),
+            uid=uid,
+            node=self.name,
+            phase="Pending",
+        )
+        allocations: list[ContainerAllocation] = []
+        init_names = frozenset(str(c.get("name")) for c in spec.get("initContainers") or [])
+        try:
+            for container in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+                limits = (container.get("resources") or {}).get("limits") or {}
+                for resource, value in limits.items():
+                    needed = _device_count(value)
+                    if needed and self.devices.is_device_resource(resource):
+                        allocations.append(
+                            await self.devices.allocate(
+                                uid, str(container.get("name")), resource, needed, init_containers=init_names
+                            )
+                        )
+        except AdmissionError as exc:
+            self.devices.release(uid)
+            message = f"Pod was rejected: Allocate failed due to {exc}, which is unexpected"
+            logger.info("kubelet %s: rejected %s/%s: %s", self.name, record.namespace, record.name, exc)
+            record = replace(
+                record,
+                phase="Failed",
+                reason=REASON_ADMISSION,
+                message=message,
+                allocations=tuple(allocations),
+            )
+            self._store_record(record)
+            await self._patch_status(pod, {"phase": "Failed", "reason": REASON_ADMISSION, "message": message})
+            return
+        try:
+            for allocation in allocations:
+                await self.devices.pre_start(allocation.resource, allocation.device_ids)
+        except AdmissionError as exc:
+            record = replace(
+                record, allocations=tuple(allocations), reason="RunContainerError", message=str(exc)
+            )
+            self._store_record(record)
+            await self._patch_status(pod, self._waiting_status(pod, "RunContainerError", str(exc)))
+            return
+        record = replace(record, phase="Running", allocations=tuple(allocations))
+        self._store_record(record)
+        await self._patch_status(pod, self._running_status(pod))
+        run_seconds = (meta.get("annotations") or {}).get(RUN_SECONDS_ANNOTATION)
+        if run_seconds is not None:
+            try:
+                seconds = max(float(run_seconds), 0.0)
+            except ValueError:
+                logger.warning(
+                    "kubelet %s: ignoring bad %s=%r", self.name, RUN_SECONDS_ANNOTATION, run_seconds
+                )
+            else:
+                self._timers[uid] = tg.create_task(self._complete_after(pod, seconds), name=f"run {uid}")
+
+    def _waiting_status(self, pod: JsonObj, reason: str, message: str) -> JsonObj:
+        statuses = [
+            {
+                "name": c.get("name"),
+                "image": c.get("image", ""),
+                "imageID": "",
+                "ready": False,
+                "started": False,
+                "restartCount": 0,
+                "state": {"waiting": {"reason": reason, "message": message}},
+            }
+            for c in _spec(pod).get("containers") or []
+        ]
+        return {"phase": "Pending", "containerStatuses": statuses}
+
+    def _running_status(self, pod: JsonObj) -> JsonObj:
+        now = _now()
+        uid = str(_meta(pod).get("uid", ""))
+        spec = _spec(pod)
+        pod_ip = self.node_ip if spec.get("hostNetwork") else self._pod_ip()
+        conditions = [
+            {"type": t, "status": "True", "lastProbeTime": None, "lastTransitionTime": now}
+            for t in ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady")
+        ]
+        init_statuses = [
+            {
+                "name": c.get("name"),
+                "image": c.get("image", ""),
+                "imageID": _image_id(str(c.get("image", ""))),
+                "containerID": _container_id(uid, str(c.get("name"))),
+                "ready": True,
+                "started": False,
+                "restartCount": 0,
+                "state": {
+                    "terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}
+                },
+            }
+            for c in spec.get("initContainers") or []
+        ]
+        statuses = [
+            {
+                "name": c.get("name"),
+                "image": c.get("image", ""),
+                "imageID": _image_id(str(c.get("image", ""))),
+                "containerID": _container_id(uid, str(c.get("name"))),
+                "ready": True,
+                "started": True,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": now}},
+                "lastState": {},
+            }
+            for c in spec.get("containers") or []
+        ]
+        status: JsonObj = {
+            "phase": "Running",
+            "conditions": conditions,
+            "hostIP": self.node_ip,
+            "hostIPs": [{"ip": self.node_ip}],
+            "podIP": pod_ip,
+            "podIPs": [{"ip": pod_ip}],
+            "startTime": now,
+            "containerStatuses": statuses,
+        }
+        if init_statuses:
+            status["initContainerStatuses"] = init_statuses
+        return status
+
+    def _terminated_status(self, pod: JsonObj, *, exit_code: int) -> JsonObj:
+        now = _now()
+        uid = str(_meta(pod).get("uid", ""))
+        started = (pod.get("status") or {}).get("startTime") or now
+        statuses = [
+            {
+                "name": c.get("name"),
+                "image": c.get("image", ""),
+                "imageID": _image_id(str(c.get("image", ""))),
+                "containerID": _container_id(uid, str(c.get("name"))),
+                "ready": False,
+                "started": False,
+                "restartCount": 0,
+                "state": {
+                    "terminated": {
+                        "exitCode": exit_code,
+                        "reason": "Completed" if exit_code == 0 else "Error",
+                        "startedAt": started,
+                        "finishedAt": now,
+                        "containerID": _container_id(uid, str(c.get("name"))),
+                    }
+                },
+            }
+            for c in _spec(pod).get("containers") or []
+        ]
+        conditions = [
+            {
+                "type": t,
+                "status": "False",
+                "reason": "PodCompleted",
+                "lastProbeTime": None,
+                "lastTransitionTime": now,
+            }
+            for t in ("Ready", "ContainersReady")
+        ]
+        return {
+            "phase": "Succeeded" if exit_code == 0 else "Failed",
+            "conditions": conditions,
+            "containerStatuses": statuses,
+        }
+
+    async def _patch_status(self, pod: JsonObj, status: JsonObj) -> None:
+        meta = _meta(pod)
+        try:
+            await self._client.patch(
+                pod_path(str(meta.get("namespace")), str(meta.get("name")), "status"),
+                {"metadata": {"uid": meta.get("uid")}, "status": status},
+                content_type=STRATEGIC_PATCH,
+            )
+        except ApiError as exc:
+            logger.info("kubelet %s: status of %s not written: %s", self.name, meta.get("name"), exc)
+
+    async def _complete_after(self, pod: JsonObj, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        uid = str(_meta(pod).get("uid", ""))
+        self._timers.pop(uid, None)
+        current = self._pods.objects.get(f"{_meta(pod).get('namespace')}/{_meta(pod).get('name')}")
+        if (
+            current is None
+            or str(_meta(current).get("uid")) != uid
+            or _meta(current).get("deletionTimestamp")
+        ):
+            return
+        await self._patch_status(current, self._terminated_status(current, exit_code=0))
+        self.devices.release(uid)
+        self._update_record(uid, phase="Succeeded")
+
+    async def _finalize(self, pod: JsonObj) -> None:
+        meta = _meta(pod)
+        uid = str(meta.get("uid", ""))
+        timer = self._timers.pop(uid, None)
+        if timer is not None:
+            timer.cancel()
+        phase = (pod.get("status") or {}).get("phase", "Pending")
+        if phase == "Running":
+            await self._patch_status(pod, self._terminated_status(pod, exit_code=0))
+            self._update_record(uid, phase="Succeeded")
+        self.devices.release(uid)
+        try:
+            await self._client.delete(
+                pod_path(str(meta.get("namespace")), str(meta.get("name"))), grace_seconds=0, uid=uid
+            )
+        except ApiError as exc:
+            if exc.code not in (404, 409):
+                logger.warning("kubelet %s: cannot finish deleting %s: %s", self.name, meta.get("name"), exc)
+                self._finalizing.discard(uid)  # retried on the next pod event
+
+    # ---- records ------------------------------------------------------------------------------
+
+    def _store_record(self, record: PodRecord) -> None:
+        self.records[record.uid] = record
+        directory = self.state_dir / "pods"
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{record.namespace}_{record.name}_{record.uid}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record.to_json(), indent=1, sort_keys=True))
+        tmp.replace(path)
+        self._write_pod_resources()
+
+    def _update_record(self, uid: str, *, phase: str) -> None:
+        record = self.records.get(uid)
+        if record is not None:
+            self._store_record(replace(record, phase=phase))
+
+    def record(self, namespace: str, name: str) -> PodRecord | None:
+        """The latest record of the pod with that name (newest UID wins)."""
+        found = [r for r in self.records.values() if r.namespace == namespace and r.name == name]
+        return found[-1] if found else None
+
+    def pod_resources(self) -> list[dict[str, Any]]:
+        """PodResources ``List``-like: running pods on this node and the device IDs per container."""
+        listing: list[dict[str, Any]] = []
+        for record in self.records.values():
+            if record.phase in _TERMINAL:
+                continue
+            held = self.devices.assigned(record.uid)
+            containers = [
+                {
+                    "name": container,
+                    "devices": [
+                        {"resourceName": r, "deviceIds": list(ids)} for r, ids in sorted(resources.items())
+                    ],
+                }
+                for container, resources in held.items()
+            ]
+            listing.append({"name": record.name, "namespace": record.namespace, "containers": containers})
+        return listing
+
+    def _write_pod_resources(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        path = self.state_dir / "pod-resources.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"podResources": self.pod_resources()}, indent=1))
+        tmp.replace(path)
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    async def restart(self) -> None:
+        """Re-create ``kubelet.sock`` (plugins must re-register), keeping pods and allocations."""
+        await self.devices.restart()
+
+    async def run(self) -> None:
+        """Register the node, serve ``kubelet.sock`` and manage this node's pods until cancelled."""
+        try:
+            await self._register_node()
+            await self.devices.start()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._pods.run(), name=f"kubelet {self.name}: watch pods")
+                tg.create_task(self._status_loop(), name=f"kubelet {self.name}: node status")
+                await self._pods.synced.wait()
+                self.ready.set()
+                await self._pod_worker(tg)
+        finally:
+            for timer in self._timers.values():
+                timer.cancel()
+            await asyncio.shield(self.devices.stop())
