@@ -1,0 +1,236 @@
+"""The bind cycle (hami-scheduler-spec.md §6.1), reading the pod and node from the watch cache.
+
+1. Find the pod in the cache (waiting briefly for a lagging watch; the filter's copy of the pod
+   is the fallback), check the UID kube-scheduler sends against it, and check that the pod's
+   reservation is on the node being bound (the filter answered exactly one node).
+2. Take the node's handoff turn (:mod:`hami.scheduler.handoff`): binds of one node go in the
+   order kubelet will admit them, so the device plugin can tell waiting pods apart.
+3. With ``--compat-node-lock``, set ``hami.io/mutex.lock`` for this pod (:mod:`nodelock`).
+4. ``POST pods/<name>/binding`` carrying ``hami.io/bind-phase: allocating`` and
+   ``hami.io/bind-time`` as Binding annotations (the apiserver copies them onto the pod, so the
+   phase and ``nodeName`` land together; the values are HAMi's).
+
+Unwinding is in reverse order and idempotent. A *definite* failure (a 4xx, the handoff turn not
+coming) releases the node lock and the reservation; an *ambiguous* one (timeout, 5xx: the
+binding may have landed) keeps both until the watch shows what happened. A 409 whose cache
+shows the pod bound to this node is a success (a retried bind). The binding call is never
+retried blindly (style guide §3.4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from hami.core import keys
+from hami.core.errors import HamiError
+from hami.core.ledger import PodUsage
+from hami.core.pod_annotations import encode_unix_time
+from hami.k8s.client import KubeApi
+from hami.k8s.errors import ApiClientError, ApiConflict, ApiError
+from hami.scheduler.events import BINDING_FAILED, BINDING_SUCCEED, EventSink, PodRef
+from hami.scheduler.handoff import HandoffTimeout, HandoffTracker
+from hami.scheduler.nodelock import NodeLockError, NodeLocks
+from hami.scheduler.podinfo import PodInfo
+from hami.scheduler.state import SchedulerState
+
+logger = logging.getLogger(__name__)
+
+POLL: Final = 0.02
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BindArgs:
+    """ExtenderBindingArgs."""
+
+    pod_name: str
+    pod_namespace: str
+    pod_uid: str
+    node: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BinderSettings:
+    bind_wait_timeout: float = 20.0
+    cache_wait: float = 2.0
+    compat_node_lock: bool = False
+
+
+class BindFailed(HamiError):
+    """A bind that did not happen; ``definite`` is False when the binding may have landed."""
+
+    def __init__(self, message: str, *, definite: bool = True) -> None:
+        self.definite = definite
+        super().__init__(message)
+
+
+Fence = Callable[[], Awaitable[object]]
+
+
+class Binder:
+    def __init__(
+        self,
+        state: SchedulerState,
+        api: KubeApi,
+        *,
+        settings: BinderSettings,
+        events: EventSink,
+        tracker: HandoffTracker | None = None,
+        fence: Fence | None = None,
+        wants_devices: Callable[[Mapping[str, Any]], bool] = lambda pod: False,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> None:
+        self.state = state
+        self.api = api
+        self.settings = settings
+        self.events = events
+        self.tracker = tracker or state.tracker
+        self.locks = NodeLocks(state, api, sleep=sleep) if settings.compat_node_lock else None
+        self.fence = fence
+        self.wants_devices = wants_devices
+        self._sleep = sleep
+
+    async def bind(self, args: BindArgs) -> str:
+        """Bind; returns "" or the error text for ExtenderBindingResult.Error."""
+        ref = PodRef(namespace=args.pod_namespace, name=args.pod_name, uid=args.pod_uid)
+        try:
+            await self._bind(args)
+        except BindFailed as e:
+            logger.warning("bind %s/%s to %s failed: %s", args.pod_namespace, args.pod_name, args.node, e)
+            self.events.emit(ref, "Warning", BINDING_FAILED, str(e))
+            return str(e)
+        self.events.emit(
+            ref,
+            "Normal",
+            BINDING_SUCCEED,
+            f"Successfully binding node [{args.node}] to {args.pod_namespace}/{args.pod_name}",
+        )
+        return ""
+
+    async def _cached(self, args: BindArgs) -> tuple[Mapping[str, Any], PodInfo]:
+        waited = 0.0
+        while True:
+            found = self.state.pod_by_key(args.pod_namespace, args.pod_name)
+            if found is not None and (not args.pod_uid or found[1].uid == args.pod_uid):
+                return found
+            if waited >= self.settings.cache_wait:
+                break
+            await self._sleep(POLL)
+            waited += POLL
+        assumption = self.state.assumptions.get(args.pod_uid) if args.pod_uid else None
+        if assumption is not None and assumption.pod is not None:
+            return assumption.pod, self.state.decode_pod(assumption.pod)
+        if found is not None:
+            raise BindFailed(
+                f"pod {args.pod_namespace}/{args.pod_name} has UID {found[1].uid}, not {args.pod_uid}"
+            )
+        raise BindFailed(f"failed to get pod {args.pod_namespace}/{args.pod_name}: not in the watch cache")
+
+    async def _usage(self, uid: str, wants_devices: bool) -> PodUsage | None:
+        """The pod's reservation; for a device pod, wait briefly for a watch that lags behind a
+        decision made elsewhere (another replica, before a restart)."""
+        waited = 0.0
+        while True:
+            usage = self.state.ledger.pod(uid)
+            if usage is not None or not wants_devices or uid in self.state.voided:
+                return usage
+            if waited >= self.settings.cache_wait:
+                return None
+            await self._sleep(POLL)
+            waited += POLL
+
+    async def _bind(self, args: BindArgs) -> None:
+        raw, info = await self._cached(args)
+        uid = info.uid
+        if info.node_name:
+            if info.node_name == args.node:
+                return  # already bound there (a retried bind)
+            raise BindFailed(f"pod {info.key} is already bound to {info.node_name}")
+        usage = self.state.ledger.pod(uid)
+        wants = usage is not None or self.wants_devices(raw)
+        if usage is None:
+            usage = await self._usage(uid, wants)
+        devices = usage is not None and any(any(c for c in psd) for psd in usage.devices.values())
+        if usage is None and (wants or info.placed):
+            raise BindFailed(
+                f"pod {info.key} has no device reservation (an earlier bind failed, it was released, or it "
+                "was not filtered by this scheduler); it must be filtered again"
+            )
+        if usage is not None and usage.node != args.node:
+            raise BindFailed(f"pod {info.key} was placed on {usage.node} by the filter, not on {args.node}")
+        if self.state.node_info(args.node) is None:
+            raise BindFailed(f"failed to get node {args.node}")
+        if not devices:
+            await self._fence(info)
+            await self._post(info, args.node, uid)
+            return
+        try:
+            async with self.tracker.turn(
+                args.node, uid, info.order_key, wait_limit=self.settings.bind_wait_timeout
+            ):
+                await self._locked_bind(info, args.node)
+        except HandoffTimeout as e:
+            self.state.void(uid)
+            raise BindFailed(str(e)) from e
+        except BindFailed as e:
+            if e.definite:
+                self.state.void(uid)
+            raise
+
+    async def _fence(self, info: PodInfo) -> None:
+        """Leader election: re-check the Lease right before writing (a deposed leader must not bind)."""
+        if self.fence is not None:
+            try:
+                await self.fence()
+            except HamiError as e:
+                raise BindFailed(f"not binding {info.key}: {e}") from e
+
+    async def _locked_bind(self, info: PodInfo, node: str) -> None:
+        await self._fence(info)  # after the (possibly long) wait for the handoff turn
+        locked = False
+        if self.locks is not None:
+            try:
+                await self.locks.acquire(node, info)
+            except NodeLockError as e:
+                raise BindFailed(str(e)) from e
+            locked = True
+        try:
+            await self._post(info, node, info.uid)
+        except BindFailed as e:
+            if locked and e.definite:
+                assert self.locks is not None
+                await self.locks.release(node, info.namespace, info.name, info.uid or None)
+            raise
+        found = self.state.pod_by_key(info.namespace, info.name)
+        self.tracker.bound(node, info.uid, info.order_key, found[1] if found is not None else None)
+
+    async def _post(self, info: PodInfo, node: str, uid: str) -> None:
+        annotations = {
+            keys.BIND_PHASE: keys.BIND_PHASE_ALLOCATING,
+            keys.BIND_TIME: encode_unix_time(self.state.clock.now()),
+        }
+        try:
+            await self.api.bind_pod(info.namespace, info.name, node, uid=uid or None, annotations=annotations)
+        except ApiConflict as e:
+            if await self._bound_to(info, node):
+                return  # an earlier attempt landed
+            raise BindFailed(f"binding {info.key} to {node} failed: {e}") from e
+        except ApiClientError as e:
+            raise BindFailed(f"binding {info.key} to {node} failed: {e}") from e
+        except ApiError as e:
+            raise BindFailed(f"binding {info.key} to {node} may have failed: {e}", definite=False) from e
+
+    async def _bound_to(self, info: PodInfo, node: str) -> bool:
+        """Whether the watch shows the pod bound to ``node`` (waiting briefly for it to catch up)."""
+        waited = 0.0
+        while True:
+            found = self.state.pod_by_key(info.namespace, info.name)
+            if found is not None and found[1].uid == info.uid and found[1].node_name:
+                return found[1].node_name == node
+            if waited >= self.settings.cache_wait:
+                return False
+            await self._sleep(POLL)
+            waited += POLL
