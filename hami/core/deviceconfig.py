@@ -362,7 +362,7 @@ class VNPUTemplate:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VNPUConfig:
-    """One ``vnpus[]`` entry (Ascend). No chart default list here: the vendors task owns Ascend."""
+    """One ``vnpus[]`` entry (Ascend); the chart's list is :data:`DEFAULT_VNPUS`."""
 
     chip_name: str = field(default="", metadata=field_meta("chipName", str_field))
     common_word: str = field(default="", metadata=field_meta("commonWord", str_field))
@@ -381,6 +381,45 @@ class VNPUConfig:
         default=(), metadata=field_meta("templates", list_field(section_field(VNPUTemplate)))
     )
     extra: Mapping[str, object] = field(default_factory=dict)
+
+
+def _vnpu(
+    chip: str,
+    word: str,
+    allocatable: int,
+    capacity: int,
+    ai_core: int,
+    ai_cpu: int,
+    templates: tuple[tuple[str, int, int, int], ...],
+) -> VNPUConfig:
+    return VNPUConfig(
+        chip_name=chip,
+        common_word=word,
+        resource_name=f"huawei.com/{word}",
+        resource_memory_name=f"huawei.com/{word}-memory",
+        memory_allocatable=allocatable,
+        memory_capacity=capacity,
+        ai_core=ai_core,
+        ai_cpu=ai_cpu,
+        templates=tuple(VNPUTemplate(name=n, memory=m, ai_core=c, ai_cpu=p) for n, m, c, p in templates),
+    )
+
+
+# The chart's ``vnpus`` (charts/hami device-configmap; spec §9): 910A, 910B2, 910B3, 910B4-1, 910B4, 310P3.
+DEFAULT_VNPUS: Final = (
+    _vnpu("910A", "Ascend910A", 32768, 32768, 30, 0,
+          (("vir02", 2184, 2, 0), ("vir04", 4369, 4, 0), ("vir08", 8738, 8, 0), ("vir16", 17476, 16, 0))),
+    _vnpu("910B2", "Ascend910B2", 65536, 65536, 24, 6,
+          (("vir03_1c_8g", 8192, 3, 1), ("vir06_1c_16g", 16384, 6, 1), ("vir12_3c_32g", 32768, 12, 3))),
+    _vnpu("910B3", "Ascend910B3", 65536, 65536, 20, 7,
+          (("vir05_1c_16g", 16384, 5, 1), ("vir10_3c_32g", 32768, 10, 3))),
+    _vnpu("910B4-1", "Ascend910B4-1", 65536, 65536, 20, 7,
+          (("vir05_1c_16g", 16384, 5, 1), ("vir10_3c_32g", 32768, 10, 3))),
+    _vnpu("910B4", "Ascend910B4", 32768, 32768, 20, 7,
+          (("vir05_1c_8g", 8192, 5, 1), ("vir10_3c_16g", 16384, 10, 3))),
+    _vnpu("310P3", "Ascend310P", 21527, 24576, 8, 7,
+          (("vir01", 3072, 1, 1), ("vir02", 6144, 2, 2), ("vir04", 12288, 4, 4))),
+)  # fmt: skip
 
 
 _DEFAULTS: Final[Mapping[str, Any]] = {
@@ -429,7 +468,7 @@ class DeviceConfig:
     )
     amd: AMDConfig = field(default=_DEFAULTS["amd"], metadata=field_meta("amd", section_field(AMDConfig)))
     vnpus: tuple[VNPUConfig, ...] = field(
-        default=(), metadata=field_meta("vnpus", list_field(section_field(VNPUConfig)))
+        default=DEFAULT_VNPUS, metadata=field_meta("vnpus", list_field(section_field(VNPUConfig)))
     )
     extra: Mapping[str, object] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
@@ -454,6 +493,7 @@ def known_vendor_sections() -> Sequence[str]:
 __all__ = [
     "DEFAULT_ILUVATARS",
     "DEFAULT_MIG_GEOMETRIES",
+    "DEFAULT_VNPUS",
     "AMDConfig",
     "AWSNeuronConfig",
     "CambriconConfig",

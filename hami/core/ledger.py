@@ -467,6 +467,7 @@ class Ledger:
                     mig_geometries=info.migtemplate,
                     mig=mig,
                     pair_scores=info.pair_scores,
+                    custominfo=info.custominfo,
                 )
                 views[info.id] = (key, _View(info, view))
                 devices.append(view)

@@ -403,7 +403,8 @@ def _evaluate(node: NodeSnapshot, plan: _Plan, *, bound: bool, need_devices: boo
             result = impl.fit(own, req, plan.contexts[name], ())
             if not result.ok:
                 return _unfit(node, plan.first, name, result)
-            if plan.single and not need_devices:
+            # Without devices there is no ScoreNode: only a shortcut when no vendor scores nodes.
+            if plan.single and not need_devices and not any(v.scores_nodes for v in plan.vendors_used):
                 return NodeFit(node=node.name, score=node.score)
 
     work: list[DeviceUsage] | tuple[DeviceUsage, ...] = devs

@@ -37,6 +37,9 @@ class DeviceUsage:
     mig_geometries: Geometries = ()
     mig: MigUsage = NO_MIG
     pair_scores: Mapping[str, int] = field(default_factory=dict)
+    # Vendor data from the registration (Ascend NetworkID, Metax LinkZone...), read by vendor
+    # Fit/ScoreNode (DeviceInfo.custominfo; HAMi copies it into DeviceUsage too).
+    custominfo: Mapping[str, object] = field(default_factory=dict)
 
     def with_usage(self, *, used: int, usedmem: int, usedcores: int, mig: MigUsage) -> DeviceUsage:
         """A copy with other usage (direct constructor call: ``dataclasses.replace`` is 10x slower)."""
@@ -57,6 +60,7 @@ class DeviceUsage:
             mig_geometries=self.mig_geometries,
             mig=mig,
             pair_scores=self.pair_scores,
+            custominfo=self.custominfo,
         )
 
     @property

@@ -12,6 +12,7 @@ keys, and :func:`hami.core.placement.schedule` drives it exactly as it drives NV
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Final, Protocol
 
 from hami.core import keys
@@ -73,9 +74,18 @@ class Vendor(Protocol):
         ...
 
     def node_devices(
-        self, annotations: Mapping[str, str], allocatable: Mapping[str, str]
+        self,
+        annotations: Mapping[str, str],
+        allocatable: Mapping[str, str],
+        *,
+        node: str = "",
+        labels: Mapping[str, str] | None = None,
     ) -> tuple[DeviceInfo, ...]:
-        """The node's devices of this vendor (HAMi ``GetNodeDevices``); DecodeError if none/unreadable."""
+        """The node's devices of this vendor (HAMi ``GetNodeDevices``); DecodeError if none/unreadable.
+
+        ``node`` (the node name) and ``labels`` are optional for compatibility: capacity-based
+        vendors derive device IDs from the node name (``<node>-cambricon-mlu-0``) and AWS Neuron
+        reads the ``node.kubernetes.io/instance-type`` label."""
         ...
 
     def prefilter(self, summary: VendorSummary | None, request: ContainerDeviceRequest) -> bool:
@@ -109,8 +119,18 @@ class Vendor(Protocol):
         """Extra node score for a fitting node (HAMi ``ScoreNode``), added to the default score."""
         ...
 
-    def allocation_annotations(self, assigned: PodSingleDevice) -> dict[str, str]:
-        """Pod annotations recording a decision (HAMi ``PatchAnnotations``)."""
+    def allocation_annotations(
+        self,
+        assigned: PodSingleDevice,
+        *,
+        pod: Mapping[str, object] | None = None,
+        node: str = "",
+        now: datetime | None = None,
+    ) -> dict[str, str]:
+        """Pod annotations recording a decision (HAMi ``PatchAnnotations``).
+
+        The optional ``pod`` (raw JSON), ``node`` (chosen node) and ``now`` (decision time) feed
+        vendor keys such as ``mthreads.com/predicate-node`` or Ascend's ``predicate-time``."""
         ...
 
     def decode_allocation(self, annotations: Mapping[str, str]) -> PodSingleDevice | None:
@@ -213,7 +233,12 @@ class NvidiaVendor:
         return False
 
     def node_devices(
-        self, annotations: Mapping[str, str], allocatable: Mapping[str, str]
+        self,
+        annotations: Mapping[str, str],
+        allocatable: Mapping[str, str],
+        *,
+        node: str = "",
+        labels: Mapping[str, str] | None = None,
     ) -> tuple[DeviceInfo, ...]:
         return nvidia_node_devices(annotations, known_mig_geometries=self.config.known_mig_geometries)
 
@@ -265,7 +290,14 @@ class NvidiaVendor:
     ) -> float:
         return 0.0
 
-    def allocation_annotations(self, assigned: PodSingleDevice) -> dict[str, str]:
+    def allocation_annotations(
+        self,
+        assigned: PodSingleDevice,
+        *,
+        pod: Mapping[str, object] | None = None,
+        node: str = "",
+        now: datetime | None = None,
+    ) -> dict[str, str]:
         return encode_pod_devices({NVIDIA: assigned}, device_keys={NVIDIA: NVIDIA_POD_KEYS})
 
     def decode_allocation(self, annotations: Mapping[str, str]) -> PodSingleDevice | None:
