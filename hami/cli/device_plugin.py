@@ -10,6 +10,17 @@ Examples::
     hami device-plugin --backend mock --mock-gpus 4 --mock-model "NVIDIA A100-PCIE-40GB" \\
         --mock-memory 40960 --node-name node-1 --plugin-dir /tmp/k/node-1 --kubeconfig kc.yaml
 
+    # impersonate another vendor's node agent (registration annotation / node capacity)
+    hami device-plugin --backend mock --vendor cambricon --mock-gpus 4 --node-name node-2 \\
+        --kubeconfig kc.yaml
+
+Observability (HAMi 2.8's device plugin has neither): ``/metrics`` (``hami_build_info``,
+``hami_allocate_duration_seconds``), ``/healthz`` and ``/readyz`` on ``--metrics-bind``:``--metrics-port``
+(default 0.0.0.0:9396; ``--metrics-port 0`` picks a free port, ``--no-metrics`` turns it off), and
+the aiomonitor console on 127.0.0.1:20121 (``--monitor-port``, ``--no-monitor``; commands
+``devices``, ``pending``, ``registration``). A busy metrics or console port is logged and the
+plugin runs without it: it never keeps the node's GPUs from being offered.
+
 HAMi 2.8's environment variables are honoured as defaults: ``NODE_NAME``, ``HOOK_PATH``,
 ``DEVICE_LIST_STRATEGY``, ``CONFIG_FILE``, ``ENABLE_TOPOLOGY_SCORE``, ``DP_DISABLE_HEALTHCHECKS``
 and ``DP_ENABLE_HEALTHCHECKS``.
@@ -23,33 +34,51 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+
+from prometheus_client import CollectorRegistry
 
 from hami.config.loader import add_settings_arguments, load_settings
 from hami.config.settings import Settings
 from hami.core.deviceconfig import parse_device_config
 from hami.core.errors import ConfigError
 from hami.core.nodeconfig import NodeConfig, parse_node_config
+from hami.core.vendors import MOCK_VENDOR_NAMES, mock_vendor
 from hami.deviceplugin.agent import AgentConfig, DevicePluginAgent
 from hami.deviceplugin.allocate import AllocateSettings, parse_device_list_strategies
 from hami.deviceplugin.backend import DeviceBackend, health_policy
-from hami.deviceplugin.backends.mock import MockBackend, load_gpu_file, mock_gpus
+from hami.deviceplugin.backends.mock import DEFAULT_MEMORY_MIB, MockBackend, load_gpu_file, mock_gpus
 from hami.deviceplugin.backends.nvml import NvmlBackend
 from hami.deviceplugin.backends.nvml_replay import RecordedNvml
 from hami.deviceplugin.capacity import CapacityNames
+from hami.deviceplugin.console import DEVICE_PLUGIN_CONSOLE_PORT, device_plugin_console_commands
 from hami.deviceplugin.kubeapi import KubePodNodeApi
 from hami.deviceplugin.memkube import InMemoryKube
 from hami.deviceplugin.podlookup import NodeApi, PodApi
 from hami.deviceplugin.registration import DEFAULT_PLUGIN_DIR
+from hami.deviceplugin.vendor_mock import VendorMockAgent
 from hami.deviceplugin.virtual import node_device_settings
 from hami.k8s.auth import load_credentials
 from hami.k8s.client import HttpKubeApi
+from hami.metrics.build_info import detect_build_info
+from hami.metrics.http import MetricsServer, Readiness, serve_metrics_best_effort
+from hami.metrics.instruments import DevicePluginInstruments
+from hami.metrics.registry import new_registry
+from hami.runtime.console import ConsoleCommands, ConsoleSettings, role_console_settings, run_role_console
 from hami.runtime.logs import configure_logging
 from hami.runtime.shutdown import handle_signals
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_METRICS_PORT: Final = 9396
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DevicePluginSettings(Settings):
+    console: ConsoleSettings = role_console_settings(DEVICE_PLUGIN_CONSOLE_PORT)  # noqa: RUF009  # frozen
 
 
 def register(subparsers: Any) -> None:
@@ -101,7 +130,19 @@ def register(subparsers: Any) -> None:
     mock = p.add_argument_group("mock backend")
     mock.add_argument("--mock-gpus", type=int, default=2, help="number of GPUs (default 2)")
     mock.add_argument("--mock-model", default="NVIDIA A100-PCIE-40GB", help="GPU model name")
-    mock.add_argument("--mock-memory", type=int, default=40960, help="memory per GPU [MiB]")
+    mock.add_argument(
+        "--mock-memory",
+        type=int,
+        default=None,
+        help="memory per GPU [MiB] (default 40960; --vendor: its card's)",
+    )
+    mock.add_argument(
+        "--vendor",
+        choices=MOCK_VENDOR_NAMES,
+        default="nvidia",
+        help="impersonate this vendor's node agent: publish its registration annotation, handshake "
+        "and node capacity for --mock-gpus devices (default nvidia: the kubelet device plugin)",
+    )
     mock.add_argument(
         "--mock-gpu-file", type=Path, default=None, help="YAML/JSON GPU list (overrides the above)"
     )
@@ -113,7 +154,16 @@ def register(subparsers: Any) -> None:
     nvml.add_argument(
         "--nvml-replay", type=Path, default=None, help="replay a recorded NVML capture (no GPU)"
     )
-    add_settings_arguments(p, Settings)
+    metrics = p.add_argument_group("metrics")
+    metrics.add_argument("--metrics-bind", default="0.0.0.0", help="metrics listen address (default 0.0.0.0)")
+    metrics.add_argument(
+        "--metrics-port",
+        type=int,
+        default=DEFAULT_METRICS_PORT,
+        help=f"/metrics, /healthz, /readyz port (default {DEFAULT_METRICS_PORT}; 0: any free port)",
+    )
+    metrics.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
+    add_settings_arguments(p, DevicePluginSettings)
     p.set_defaults(func=run)
 
 
@@ -184,7 +234,12 @@ def build_backend(args: argparse.Namespace, environ: Mapping[str, str]) -> Devic
         gpus = (
             load_gpu_file(args.node_name, args.mock_gpu_file)
             if args.mock_gpu_file
-            else mock_gpus(args.node_name, args.mock_gpus, model=args.mock_model, memory_mib=args.mock_memory)
+            else mock_gpus(
+                args.node_name,
+                args.mock_gpus,
+                model=args.mock_model,
+                memory_mib=DEFAULT_MEMORY_MIB if args.mock_memory is None else args.mock_memory,
+            )
         )
         return MockBackend(gpus, policy=policy, health_file=args.mock_health_file)
     if args.nvml_replay is not None:
@@ -196,7 +251,68 @@ def build_backend(args: argparse.Namespace, environ: Mapping[str, str]) -> Devic
     return NvmlBackend(module, policy=policy, sysfs_root=args.sysfs_root)
 
 
-async def _serve(args: argparse.Namespace, settings: Settings) -> int:
+def build_vendor_agent(args: argparse.Namespace, nodes: NodeApi) -> VendorMockAgent:
+    """``--vendor X`` (X != nvidia): the node agent that publishes X's devices."""
+    if args.backend != "mock":
+        raise ConfigError("--vendor", f"{args.vendor} can only be impersonated with --backend mock")
+    if args.mock_gpus < 0:
+        raise ConfigError("--mock-gpus", f"must be >= 0, got {args.mock_gpus}")
+    if args.mock_memory is not None and args.mock_memory <= 0:
+        raise ConfigError("--mock-memory", f"must be > 0 MiB, got {args.mock_memory}")
+    device_config = parse_device_config(
+        _read_text(args.device_config_file) if args.device_config_file else ""
+    )
+    return VendorMockAgent(
+        nodes,
+        args.node_name,
+        mock_vendor(args.vendor, device_config),
+        devices=args.mock_gpus,
+        memory_mib=args.mock_memory,
+        interval_s=args.register_interval,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _observability(
+    args: argparse.Namespace,
+    settings: DevicePluginSettings,
+    registry: CollectorRegistry,
+    commands: ConsoleCommands,
+    started: asyncio.Event | None,
+) -> AsyncIterator[None]:
+    """/metrics (ready once ``started`` is set) and the aiomonitor console around the agent."""
+    readiness = Readiness(ready=started is None)
+    ready: asyncio.Task[None] | None = None
+    if started is not None:
+        event = started
+
+        async def mark_ready() -> None:
+            await event.wait()
+            readiness.set_ready()
+
+        ready = asyncio.create_task(mark_ready(), name="device plugin readiness")
+    server: MetricsServer | None = None
+    try:
+        if not args.no_metrics:
+            server = await serve_metrics_best_effort(
+                registry, args.metrics_bind, args.metrics_port, readiness, role="device-plugin"
+            )
+        async with run_role_console(settings.console, commands, role="device-plugin"):
+            yield
+    finally:
+        readiness.set_not_ready("shutting down")
+        if ready is not None:
+            ready.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ready
+        if server is not None:
+            await server.close()
+
+
+async def _serve(args: argparse.Namespace, settings: DevicePluginSettings) -> int:
+    registry = new_registry(detect_build_info(os.environ))
+    if args.vendor != "nvidia":
+        return await _serve_vendor(args, settings, registry)
     config, _names = build_agent_config(args)
     backend = build_backend(args, os.environ)
     close: list[Any] = []
@@ -211,18 +327,52 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
         )
         close.append(api)
         pods = nodes = KubePodNodeApi(api)
-    agent = DevicePluginAgent(config, backend, pods, nodes)
+    instruments = DevicePluginInstruments(registry)
+    agent = DevicePluginAgent(config, backend, pods, nodes, on_allocate=instruments.allocate_seconds.observe)
+    commands = device_plugin_console_commands(agent, pods, nodes)
     try:
-        with handle_signals() as shutdown:
-            task = asyncio.create_task(agent.run(), name="device plugin")
-            stop = asyncio.create_task(shutdown.stopping.wait(), name="wait for stop signal")
-            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if not task.done():
-                task.cancel()
-            stop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            return 0
+        async with _observability(args, settings, registry, commands, agent.started):
+            with handle_signals() as shutdown:
+                task = asyncio.create_task(agent.run(), name="device plugin")
+                stop = asyncio.create_task(shutdown.stopping.wait(), name="wait for stop signal")
+                await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if not task.done():
+                    task.cancel()
+                stop.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                return 0
+    finally:
+        for resource in close:
+            await resource.close()
+
+
+async def _serve_vendor(
+    args: argparse.Namespace, settings: DevicePluginSettings, registry: CollectorRegistry
+) -> int:
+    close: list[Any] = []
+    if args.standalone:
+        memory = InMemoryKube()
+        memory.put_node({"metadata": {"name": args.node_name}, "status": {"capacity": {}}})
+        nodes: NodeApi = memory
+    else:
+        api = HttpKubeApi(
+            await load_credentials(settings.networking, environ=os.environ), settings.networking
+        )
+        close.append(api)
+        nodes = KubePodNodeApi(api)
+    try:
+        agent = build_vendor_agent(args, nodes)
+        async with _observability(args, settings, registry, ConsoleCommands(), None):
+            with handle_signals() as shutdown:
+                task = asyncio.create_task(agent.run(), name=f"{args.vendor} node agent")
+                stop = asyncio.create_task(shutdown.stopping.wait(), name="wait for stop signal")
+                await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+                for pending in (task, stop):
+                    pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                return 0
     finally:
         for resource in close:
             await resource.close()
@@ -230,10 +380,12 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        settings = load_settings(Settings, args=args, environ=os.environ)
+        settings = load_settings(DevicePluginSettings, args=args, environ=os.environ)
         configure_logging(settings.logging.level, settings.logging.json)
         if not args.node_name:
             raise ConfigError("--node-name", "required (or set NODE_NAME)")
+        if not 0 <= args.metrics_port < 65536:
+            raise ConfigError("--metrics-port", f"not a TCP port: {args.metrics_port}")
         return asyncio.run(_serve(args, settings))
     except ConfigError as e:
         logging.getLogger(__name__).error("%s", e)

@@ -13,6 +13,12 @@ Examples::
 It publishes one ResourceSlice for the node, registers with the kubelet through the plugin
 registry and prepares allocated claims as CDI devices carrying HAMi-core's env and mounts.
 SIGTERM/SIGINT stop it cleanly (sockets removed; slice and checkpoint kept for the restart).
+
+Observability: ``/metrics`` (``hami_build_info``, ``hami_dra_prepare_duration_seconds``),
+``/healthz`` and ``/readyz`` on ``--metrics-bind``:``--metrics-port`` (default 0.0.0.0:9397;
+``0``: any free port; ``--no-metrics``: off), and the aiomonitor console on 127.0.0.1:20131
+(``--monitor-port``, ``--no-monitor``; commands ``claims``, ``gpus``). A busy metrics or console
+port is logged and the plugin runs without it.
 """
 
 from __future__ import annotations
@@ -23,14 +29,16 @@ import contextlib
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from hami.config.loader import add_settings_arguments, load_settings
 from hami.config.settings import Settings
 from hami.core.dra_translate import DRIVER_NAME
 from hami.core.errors import ConfigError
 from hami.core.hamicore_env import HamiCoreOptions
+from hami.dra.console import DRA_PLUGIN_CONSOLE_PORT, dra_plugin_console_commands
 from hami.dra.devices import GpuSource, MockGpuSource, NvmlGpuSource, load_gpu_file, mock_gpus
 from hami.dra.plugin import (
     DEFAULT_CDI_DIR,
@@ -41,10 +49,22 @@ from hami.dra.plugin import (
 )
 from hami.k8s.auth import load_credentials
 from hami.k8s.client import HttpKubeApi
+from hami.metrics.build_info import detect_build_info
+from hami.metrics.http import MetricsServer, Readiness, serve_metrics_best_effort
+from hami.metrics.instruments import DraPluginInstruments
+from hami.metrics.registry import new_registry
+from hami.runtime.console import ConsoleSettings, role_console_settings, run_role_console
 from hami.runtime.logs import configure_logging
 from hami.runtime.shutdown import handle_signals
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_METRICS_PORT: Final = 9397
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DraPluginSettings(Settings):
+    console: ConsoleSettings = role_console_settings(DRA_PLUGIN_CONSOLE_PORT)  # noqa: RUF009  # frozen
 
 
 def register(subparsers: Any) -> None:
@@ -85,7 +105,16 @@ def register(subparsers: Any) -> None:
     )
     nvml = p.add_argument_group("nvml backend")
     nvml.add_argument("--sysfs-root", type=Path, default=Path("/sys"), help="sysfs mount (NUMA lookup)")
-    add_settings_arguments(p, Settings)
+    metrics = p.add_argument_group("metrics")
+    metrics.add_argument("--metrics-bind", default="0.0.0.0", help="metrics listen address (default 0.0.0.0)")
+    metrics.add_argument(
+        "--metrics-port",
+        type=int,
+        default=DEFAULT_METRICS_PORT,
+        help=f"/metrics, /healthz, /readyz port (default {DEFAULT_METRICS_PORT}; 0: any free port)",
+    )
+    metrics.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
+    add_settings_arguments(p, DraPluginSettings)
     p.set_defaults(func=run)
 
 
@@ -94,6 +123,8 @@ def build_config(args: argparse.Namespace) -> DraPluginConfig:
         raise ConfigError("--node-name", "required (or set NODE_NAME)")
     if args.slice_interval <= 0:
         raise ConfigError("--slice-interval", f"must be > 0 seconds, got {args.slice_interval}")
+    if not 0 <= args.metrics_port < 65536:
+        raise ConfigError("--metrics-port", f"not a TCP port: {args.metrics_port}")
     try:
         return DraPluginConfig(
             node_name=args.node_name,
@@ -126,31 +157,52 @@ def build_source(args: argparse.Namespace) -> GpuSource:
     return NvmlGpuSource(pynvml, sysfs_root=args.sysfs_root)
 
 
-async def _serve(args: argparse.Namespace, settings: Settings) -> int:
+async def _serve(args: argparse.Namespace, settings: DraPluginSettings) -> int:
     config = build_config(args)
     source = build_source(args)
+    registry = new_registry(detect_build_info(os.environ))
+    instruments = DraPluginInstruments(registry)
     api = HttpKubeApi(await load_credentials(settings.networking, environ=os.environ), settings.networking)
-    plugin = DraPlugin(config, source, api)
+    plugin = DraPlugin(config, source, api, on_prepare=instruments.prepare_seconds.observe)
+    readiness = Readiness()
+    server: MetricsServer | None = None
+
+    async def mark_ready() -> None:
+        await plugin.serving.wait()
+        readiness.set_ready()
+
+    ready = asyncio.create_task(mark_ready(), name="dra plugin readiness")
     try:
-        with handle_signals() as shutdown:
-            task = asyncio.create_task(plugin.run(), name="dra plugin")
-            stop = asyncio.create_task(shutdown.stopping.wait(), name="wait for stop signal")
-            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-            stop.cancel()
-            if task.done():
-                task.result()  # a failure of the plugin is the process's failure
-                return 1
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            return shutdown.exit_code
+        if not args.no_metrics:
+            server = await serve_metrics_best_effort(
+                registry, args.metrics_bind, args.metrics_port, readiness, role="dra-plugin"
+            )
+        async with run_role_console(settings.console, dra_plugin_console_commands(plugin), role="dra-plugin"):
+            with handle_signals() as shutdown:
+                task = asyncio.create_task(plugin.run(), name="dra plugin")
+                stop = asyncio.create_task(shutdown.stopping.wait(), name="wait for stop signal")
+                await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                readiness.set_not_ready("shutting down")
+                if task.done():
+                    task.result()  # a failure of the plugin is the process's failure
+                    return 1
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                return shutdown.exit_code
     finally:
+        ready.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ready
+        if server is not None:
+            await server.close()
         await api.close()
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        settings = load_settings(Settings, args=args, environ=os.environ)
+        settings = load_settings(DraPluginSettings, args=args, environ=os.environ)
         configure_logging(settings.logging.level, settings.logging.json)
         return asyncio.run(_serve(args, settings))
     except ConfigError as e:

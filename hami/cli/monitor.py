@@ -6,8 +6,12 @@ Examples::
     hami monitor --backend nvml --containers-dir /usr/local/vgpu/containers
 
     # a GPU-less node of the embedded cluster
-    hami monitor --backend mock --mock-gpus 2 --node-name node-1 --kubeconfig kc.yaml \\
-        --containers-dir /tmp/k/node-1/containers --metrics-port 9394 --no-monitor
+    hami monitor --backend mock --mock-gpu-file /tmp/k/node-1/mock-gpus.json --node-name node-1 \\
+        --kubeconfig kc.yaml --containers-dir /tmp/k/host/node-1/usr/local/vgpu/containers \\
+        --metrics-port 9394 --no-monitor
+
+The aiomonitor console listens on 127.0.0.1:20101 (``--monitor-port``; commands ``containers``,
+``pods``, ``informer``); a busy console port is logged and the monitor runs without it.
 
 HAMi 2.8's environment is honoured as defaults: ``NODE_NAME``, ``HOOK_PATH`` (containers directory
 ``$HOOK_PATH/containers``) and ``HAMI_RESYNC_INTERVAL`` (grace before a stale directory is removed).
@@ -29,16 +33,17 @@ from typing import Any
 from hami.config.loader import add_settings_arguments, load_settings, parse_duration
 from hami.config.settings import Settings
 from hami.core.errors import ConfigError
+from hami.core.mockgpu import parse_mock_gpu_text
 from hami.k8s.auth import load_credentials
 from hami.k8s.client import HttpKubeApi
 from hami.metrics.build_info import detect_build_info
 from hami.metrics.http import Readiness, serve_metrics
 from hami.metrics.registry import new_registry
-from hami.monitor.gpuinfo import FakeGpuInfo, GpuInfoSource, NvmlGpuInfo, mock_gpus
+from hami.monitor.gpuinfo import FakeGpuInfo, GpuInfoSource, NvmlGpuInfo, host_gpus_from_mock, mock_gpus
 from hami.monitor.metrics import MonitorCollector
 from hami.monitor.pods import InformerPodSource, node_pod_informer
 from hami.monitor.service import DEFAULT_CONTAINERS_DIR, DEFAULT_MIG_LOCK, MonitorConfig, MonitorService
-from hami.runtime.console import ConsoleCommands, ConsolePortBusy, ConsoleSettings, run_console
+from hami.runtime.console import ConsoleCommands, ConsolePortBusy, ConsoleSettings, run_role_console
 from hami.runtime.logs import configure_logging
 from hami.runtime.shutdown import Shutdown, handle_signals
 from hami.runtime.tasks import create_guarded_task, stop_tasks
@@ -88,6 +93,13 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--mock-gpus", type=int, default=1, help="mock backend: number of GPUs (default 1)")
     p.add_argument("--mock-model", default="NVIDIA H100 80GB HBM3", help="mock backend: GPU model name")
+    p.add_argument(
+        "--mock-gpu-file",
+        type=Path,
+        default=None,
+        help="mock backend: the device plugin's GPU file (e.g. <state>/<node>/mock-gpus.json of the "
+        "embedded cluster); overrides --mock-gpus/--mock-model, same UUIDs as the device plugin",
+    )
     p.add_argument("--scan-interval", type=float, default=5.0, help="scan + feedback period [s] (default 5)")
     p.add_argument(
         "--cleanup-grace",
@@ -125,7 +137,16 @@ def build_config(args: argparse.Namespace) -> MonitorConfig:
 
 def build_gpu_source(args: argparse.Namespace) -> GpuInfoSource:
     if args.backend == "mock":
-        return FakeGpuInfo(mock_gpus(args.mock_gpus, name=args.mock_model))
+        if args.mock_gpu_file is not None:
+            try:
+                text = args.mock_gpu_file.read_text(encoding="utf-8")
+            except OSError as e:
+                raise ConfigError("--mock-gpu-file", f"cannot read {args.mock_gpu_file}: {e}") from e
+            specs = parse_mock_gpu_text(args.node_name, text, source=str(args.mock_gpu_file))
+            return FakeGpuInfo(host_gpus_from_mock(specs))
+        if args.mock_gpus < 0:
+            raise ConfigError("--mock-gpus", f"must be >= 0, got {args.mock_gpus}")
+        return FakeGpuInfo(mock_gpus(args.mock_gpus, name=args.mock_model, node_name=args.node_name))
     return NvmlGpuInfo()
 
 
@@ -182,7 +203,8 @@ async def serve(
                 "--metrics-port", f"cannot listen on {args.metrics_bind}:{args.metrics_port}: {e}"
             ) from e
         try:
-            async with run_console(settings.console, console_commands(service, pods, informer)):
+            commands = console_commands(service, pods, informer)
+            async with run_role_console(settings.console, commands, role="monitor"):
                 tasks = [
                     create_guarded_task(informer.run(), name="pod informer"),
                     create_guarded_task(service.run(on_first_pass=readiness.set_ready), name="monitor scan"),

@@ -12,6 +12,10 @@ Examples::
         --metrics-bind-address 127.0.0.1:9395
 
 Flags keep HAMi 2.8's names (hami-scheduler-spec.md §1.1); every flag also reads ``HAMI_<FLAG>``.
+``/metrics`` (HAMi 2.8's names, ``hami_build_info``, latency histograms) is served on
+``--metrics-bind-address`` (default ``:9395``); the aiomonitor console on 127.0.0.1:20111
+(``--monitor-port``, ``--no-monitor``; commands ``ledger [node]``, ``inflight``, ``handoffs``,
+``informers``, ``leader``). A busy console port is logged and the scheduler runs without it.
 SIGTERM (or Ctrl-C) stops cleanly: readiness off, in-flight requests finished, Lease released;
 a second signal exits at once.
 """
@@ -32,8 +36,10 @@ from hami.core.errors import ConfigError
 from hami.k8s.auth import load_credentials
 from hami.k8s.client import HttpKubeApi
 from hami.metrics.build_info import detect_build_info
+from hami.runtime.console import run_role_console
 from hami.runtime.logs import configure_logging
 from hami.runtime.shutdown import handle_signals
+from hami.scheduler.console import InformerActivity, scheduler_console_commands, watch_informers
 from hami.scheduler.role import SchedulerRole
 from hami.scheduler.settings import SchedulerSettings
 
@@ -83,9 +89,13 @@ async def serve(settings: SchedulerSettings, device_config: DeviceConfig) -> int
             device_config=device_config,
             build_info=detect_build_info(os.environ),
         )
-        with handle_signals() as shutdown:
-            await role.run(shutdown.stopping)
-            return shutdown.exit_code
+        activity = InformerActivity()
+        watch_informers(role, activity)
+        commands = scheduler_console_commands(role, activity)
+        async with run_role_console(settings.console, commands, role="scheduler"):
+            with handle_signals() as shutdown:
+                await role.run(shutdown.stopping)
+                return shutdown.exit_code
     finally:
         await api.close()  # (5) last: nothing may talk to the apiserver after this
 

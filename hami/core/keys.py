@@ -21,6 +21,11 @@ VGPU_DEVICES_ALLOCATED: Final = "hami.io/vgpu-devices-allocated"
 BIND_PHASE: Final = "hami.io/bind-phase"
 BIND_TIME: Final = "hami.io/bind-time"
 
+# hami-py (issue 5): the Lease term (leaseTransitions) of the leader that wrote the pod's decision
+# (filter patch) or binding; a write of a deposed leader is recognisable by it, and a leader does
+# not bind a decision of another term.
+SCHEDULER_TERM: Final = "hami.io/scheduler-term"
+
 BIND_PHASE_ALLOCATING: Final = "allocating"
 BIND_PHASE_SUCCESS: Final = "success"
 BIND_PHASE_FAILED: Final = "failed"

@@ -68,6 +68,7 @@ class DevicePluginAgent:
         source: PendingPodSource | None = None,
         recorder: AllocationRecorder | None = None,
         new_id: Callable[[], str] = new_random_id,
+        on_allocate: Callable[[float], object] | None = None,
     ) -> None:
         self.config = config
         self._backend = backend
@@ -75,6 +76,7 @@ class DevicePluginAgent:
         self._source = source or HamiPendingPodSource(pods, nodes)
         self._recorder = recorder or KubeAllocationRecorder(pods, nodes)
         self.new_random_id = new_id
+        self._on_allocate = on_allocate  # Allocate latency observer (the metrics histogram)
         self.state: DeviceState | None = None
         self.service: DevicePluginService | None = None
         self.registrar: KubeletRegistrar | None = None
@@ -102,6 +104,7 @@ class DevicePluginAgent:
             host=HostLayout(cfg.allocate, root=cfg.host_root),
             preferred_allocation=cfg.preferred_allocation,
             new_id=self.new_random_id,
+            on_allocate=self._on_allocate,
         )
         self.registrar = KubeletRegistrar(
             self.service,

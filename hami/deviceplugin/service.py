@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid as uuidlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -101,6 +102,7 @@ class DevicePluginService(pb.DevicePluginBase):
         host: HostLayout,
         preferred_allocation: bool = True,
         new_id: Callable[[], str] = new_random_id,
+        on_allocate: Callable[[float], object] | None = None,
     ) -> None:
         self._node = node_name
         self._state = state
@@ -110,6 +112,7 @@ class DevicePluginService(pb.DevicePluginBase):
         self._host = host
         self._preferred = preferred_allocation
         self.new_random_id = new_id
+        self._on_allocate = on_allocate  # seconds per Allocate call, failed ones included
         # Kubelet serialises admissions, but a restarted kubelet may race an old call.
         self._allocate_lock = asyncio.Lock()
         self._streams_closed = asyncio.Event()
@@ -174,11 +177,16 @@ class DevicePluginService(pb.DevicePluginBase):
         return pb.PreStartContainerResponse()
 
     async def allocate(self, message: pb.AllocateRequest) -> pb.AllocateResponse:
-        async with self._allocate_lock:
-            responses = [
-                await self._allocate_container(list(r.devices_ids)) for r in message.container_requests
-            ]
-        return pb.AllocateResponse(container_responses=responses)
+        started = time.perf_counter()
+        try:
+            async with self._allocate_lock:
+                responses = [
+                    await self._allocate_container(list(r.devices_ids)) for r in message.container_requests
+                ]
+            return pb.AllocateResponse(container_responses=responses)
+        finally:
+            if self._on_allocate is not None:
+                self._on_allocate(time.perf_counter() - started)
 
     # -- Allocate, one container -----------------------------------------------------------
 

@@ -1,35 +1,37 @@
 """Where the DRA plugin's GPUs come from: a mock spec or NVML, behind :class:`GpuSource`.
 
 The DRA plugin only needs an inventory (no health stream): what each GPU is called, how much
-memory it has, and the attributes it publishes. Mock UUIDs are derived exactly like the device
-plugin's mock backend (same namespace, ``<node>/<index>``), so a mock node shows the same GPUs
-whichever plugin serves it; the mock file format is the one the embedded cluster writes
-(``{"count", "model", "memory"}``) or an explicit ``{"gpus": [...]}`` list.
+memory it has, and the attributes it publishes. Mock GPUs come from :mod:`hami.core.mockgpu`, as
+the device plugin's mock backend's do, so a mock node shows the same GPUs whichever plugin serves
+it; the mock file is the one the embedded cluster writes (``{"count", "model", "memory"}`` or an
+explicit ``{"gpus": [...]}`` list).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
-import uuid as uuidlib
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-import yaml
-
 from hami.core.errors import ConfigError
+from hami.core.mockgpu import (
+    DEFAULT_MOCK_MEMORY_MIB,
+    DEFAULT_MOCK_MODEL,
+    MockGpu,
+    mock_gpu_specs,
+    mock_gpu_uuid,
+    parse_mock_gpu_document,
+    parse_mock_gpu_text,
+)
 
 logger = logging.getLogger(__name__)
 
 MIB: Final = 2**20
-DEFAULT_MODEL: Final = "NVIDIA A100-PCIE-40GB"
-DEFAULT_MEMORY_MIB: Final = 40960
-# Same namespace as hami.deviceplugin.backends.mock: one mock node, one set of UUIDs.
-_MOCK_NAMESPACE: Final = uuidlib.UUID("6f1d3a52-6a43-4a3e-9c1b-2f0f3e5a7d11")
+DEFAULT_MODEL: Final = DEFAULT_MOCK_MODEL
+DEFAULT_MEMORY_MIB: Final = DEFAULT_MOCK_MEMORY_MIB
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,83 +67,35 @@ class GpuSource(Protocol):
 
 
 def mock_uuid(node_name: str, index: int) -> str:
-    return "GPU-" + str(uuidlib.uuid5(_MOCK_NAMESPACE, f"{node_name}/{index}"))
+    return mock_gpu_uuid(node_name, index)
 
 
-def _int(entry: Mapping[str, Any], key: str, where: str, default: int) -> int:
-    value = entry.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{where}.{key}", f"expected an integer, got {value!r}")
-    return value
+def dra_gpus(specs: tuple[MockGpu, ...]) -> tuple[DraGpu, ...]:
+    return tuple(
+        DraGpu(
+            uuid=g.uuid,
+            index=g.index,
+            name=g.model,
+            memory_bytes=g.memory_mib * MIB,
+            minor=g.index,
+            numa_node=g.numa_node,
+            compute_capability=g.compute_capability,
+            pci_bus_id=g.pci_bus_id,
+        )
+        for g in specs
+    )
 
 
 def mock_gpus(
     node_name: str, count: int, *, model: str = DEFAULT_MODEL, memory_mib: int = DEFAULT_MEMORY_MIB
 ) -> tuple[DraGpu, ...]:
-    if count < 0:
-        raise ConfigError("--mock-gpus", f"must be >= 0, got {count}")
-    if memory_mib <= 0:
-        raise ConfigError("--mock-memory", f"must be > 0 MiB, got {memory_mib}")
-    if not model.strip():
-        raise ConfigError("--mock-model", "must not be empty")
-    return tuple(
-        DraGpu(
-            uuid=mock_uuid(node_name, i),
-            index=i,
-            name=model,
-            memory_bytes=memory_mib * MIB,
-            minor=i,
-            compute_capability="8.0",
-            pci_bus_id=f"0000:{0x10 + i:02x}:00.0",
-        )
-        for i in range(count)
-    )
+    return dra_gpus(mock_gpu_specs(node_name, count, model=model, memory_mib=memory_mib))
 
 
 def gpus_from_document(node_name: str, doc: object, *, source: str) -> tuple[DraGpu, ...]:
     """``{"count", "model", "memory"}`` or ``{"gpus": [{uuid?, name|model?, memory?, numa?,
-    computeCapability?, pciBusId?}]}`` (memory in MiB)."""
-    if not isinstance(doc, Mapping):
-        raise ConfigError(source, "expected a mapping at the top level")
-    if "gpus" not in doc:
-        return mock_gpus(
-            node_name,
-            _int(doc, "count", source, 0),
-            model=str(doc.get("model", DEFAULT_MODEL)),
-            memory_mib=_int(doc, "memory", source, DEFAULT_MEMORY_MIB),
-        )
-    entries = doc["gpus"]
-    if not isinstance(entries, list):
-        raise ConfigError(f"{source}.gpus", "expected a list")
-    out: list[DraGpu] = []
-    seen: set[str] = set()
-    for i, entry in enumerate(entries):
-        where = f"{source}.gpus[{i}]"
-        if not isinstance(entry, Mapping):
-            raise ConfigError(where, "expected a mapping")
-        uuid = str(entry.get("uuid") or mock_uuid(node_name, i))
-        if uuid in seen:
-            raise ConfigError(f"{where}.uuid", f"duplicate UUID {uuid}")
-        seen.add(uuid)
-        memory = _int(entry, "memory", where, DEFAULT_MEMORY_MIB)
-        if memory <= 0:
-            raise ConfigError(f"{where}.memory", f"must be > 0 MiB, got {memory}")
-        numa = entry.get("numa")
-        if numa is not None and (isinstance(numa, bool) or not isinstance(numa, int)):
-            raise ConfigError(f"{where}.numa", f"expected an integer or null, got {numa!r}")
-        out.append(
-            DraGpu(
-                uuid=uuid,
-                index=i,
-                name=str(entry.get("name", entry.get("model", DEFAULT_MODEL))),
-                memory_bytes=memory * MIB,
-                minor=i,
-                numa_node=numa if numa is None or numa >= 0 else None,
-                compute_capability=str(entry.get("computeCapability", "8.0")),
-                pci_bus_id=str(entry.get("pciBusId", f"0000:{0x10 + i:02x}:00.0")),
-            )
-        )
-    return tuple(out)
+    computeCapability?, pciBusId?}]}`` (memory in MiB; :mod:`hami.core.mockgpu`)."""
+    return dra_gpus(parse_mock_gpu_document(node_name, doc, source=source))
 
 
 def load_gpu_file(node_name: str, path: Path) -> tuple[DraGpu, ...]:
@@ -149,11 +103,7 @@ def load_gpu_file(node_name: str, path: Path) -> tuple[DraGpu, ...]:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(str(path), f"cannot read mock GPU file: {e}") from e
-    try:
-        doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as e:
-        raise ConfigError(str(path), f"not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from e
-    return gpus_from_document(node_name, doc, source=str(path))
+    return dra_gpus(parse_mock_gpu_text(node_name, text, source=str(path)))
 
 
 class MockGpuSource:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -79,8 +80,16 @@ class DraPluginConfig:
 
 
 class DraPlugin:
-    def __init__(self, config: DraPluginConfig, source: GpuSource, api: KubeApi) -> None:
+    def __init__(
+        self,
+        config: DraPluginConfig,
+        source: GpuSource,
+        api: KubeApi,
+        *,
+        on_prepare: Callable[[float], object] | None = None,
+    ) -> None:
         self.config = config
+        self._on_prepare = on_prepare  # NodePrepareResources latency observer (metrics)
         self._source = source
         self._api = api
         self.gpus: tuple[DraGpu, ...] = ()
@@ -107,6 +116,7 @@ class DraPlugin:
                 host_root=cfg.host_root,
                 control_devices=cfg.control_devices,
             ),
+            on_prepare=self._on_prepare,
         )
         self.publisher = SlicePublisher(self._api, cfg.node_name, cfg.driver, self.gpus)
         if not self.gpus:

@@ -17,7 +17,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -66,9 +67,16 @@ class ClaimPreparer:
     """Prepare/unprepare claims for this node (see the module docstring)."""
 
     def __init__(
-        self, api: KubeApi, gpus: Sequence[DraGpu], checkpoint: ClaimCheckpoint, settings: PreparerSettings
+        self,
+        api: KubeApi,
+        gpus: Sequence[DraGpu],
+        checkpoint: ClaimCheckpoint,
+        settings: PreparerSettings,
+        *,
+        on_prepare: Callable[[float], object] | None = None,
     ) -> None:
         self._api = api
+        self._on_prepare = on_prepare  # seconds per prepare call (the metrics histogram)
         self._gpus = {g.device_name: g for g in gpus}
         self._checkpoint = checkpoint
         self.settings = settings
@@ -145,18 +153,23 @@ class ClaimPreparer:
 
     async def prepare(self, refs: Sequence[ClaimRef]) -> dict[str, PreparedClaim | str]:
         """Claim UID → prepared claim, or the error message for that claim."""
+        started = time.perf_counter()
         out: dict[str, PreparedClaim | str] = {}
-        async with self._lock:
-            for ref in refs:
-                try:
-                    out[ref.uid] = await self._prepare_one(ref)
-                except PrepareError as e:
-                    logger.warning("cannot prepare claim %s: %s", ref.key, e)
-                    out[ref.uid] = str(e)
-                except OSError as e:
-                    logger.error("cannot prepare claim %s: %s", ref.key, e)
-                    out[ref.uid] = f"preparing claim {ref.key} on the host failed: {e}"
-        return out
+        try:
+            async with self._lock:
+                for ref in refs:
+                    try:
+                        out[ref.uid] = await self._prepare_one(ref)
+                    except PrepareError as e:
+                        logger.warning("cannot prepare claim %s: %s", ref.key, e)
+                        out[ref.uid] = str(e)
+                    except OSError as e:
+                        logger.error("cannot prepare claim %s: %s", ref.key, e)
+                        out[ref.uid] = f"preparing claim {ref.key} on the host failed: {e}"
+            return out
+        finally:
+            if self._on_prepare is not None:
+                self._on_prepare(time.perf_counter() - started)
 
     async def unprepare(self, refs: Sequence[ClaimRef]) -> dict[str, str]:
         """Claim UID → "" (done, also when it was never prepared) or the error message."""

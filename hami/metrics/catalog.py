@@ -116,6 +116,14 @@ SCHEDULER_METRICS: Final[tuple[MetricSpec, ...]] = (
         "ResourceQuota usage of a HAMi resource in a namespace; limit is the quota's limit.",
         "hami-2.8",
     ),
+    _spec(
+        "hami_device_info",
+        "gauge",
+        (*_DEV, "vendor", "devicetype"),
+        "1 per registered device, naming its vendor (HAMi common word: NVIDIA, MLU, DCU...) and model; "
+        "join on nodeid/deviceuuid to split HAMi 2.8's device metrics by vendor.",
+        "hami-py",
+    ),
     _spec("hami_webhook_duration_seconds", "histogram", (), "Admission webhook handling time.", "hami-py"),
     _spec("hami_filter_duration_seconds", "histogram", (), "Extender /filter handling time.", "hami-py"),
     _spec("hami_bind_duration_seconds", "histogram", (), "Extender /bind handling time.", "hami-py"),
@@ -126,11 +134,43 @@ SCHEDULER_METRICS: Final[tuple[MetricSpec, ...]] = (
         "Devices or nodes rejected by /filter, by HAMi fit reason.",
         "hami-py",
     ),
+    _spec(
+        "hami_leader",
+        "gauge",
+        (),
+        "1 while this scheduler replica leads (decides and writes), else 0; 1 without leader election.",
+        "hami-py",
+    ),
+    _spec(
+        "hami_leader_transitions_total",
+        "counter",
+        (),
+        "Times this scheduler replica became the leader.",
+        "hami-py",
+    ),
+    _spec(
+        "hami_leader_renew_age_seconds",
+        "gauge",
+        (),
+        "Seconds since this replica's leadership was last confirmed (its Lease renewal, or the renewal "
+        "of kube-scheduler it follows); absent before the first.",
+        "hami-py",
+    ),
 )
 
 DEVICE_PLUGIN_METRICS: Final[tuple[MetricSpec, ...]] = (
     _spec(
         "hami_allocate_duration_seconds", "histogram", (), "Device-plugin Allocate handling time.", "hami-py"
+    ),
+)
+
+DRA_PLUGIN_METRICS: Final[tuple[MetricSpec, ...]] = (
+    _spec(
+        "hami_dra_prepare_duration_seconds",
+        "histogram",
+        (),
+        "DRA plugin NodePrepareResources handling time (all claims of one call).",
+        "hami-py",
     ),
 )
 
@@ -214,6 +254,7 @@ ROLE_METRICS: Final[Mapping[str, tuple[MetricSpec, ...]]] = MappingProxyType(
         "scheduler": (BUILD_INFO, *SCHEDULER_METRICS),
         "monitor": (BUILD_INFO, *MONITOR_METRICS),
         "device-plugin": (BUILD_INFO, *DEVICE_PLUGIN_METRICS),
+        "dra-plugin": (BUILD_INFO, *DRA_PLUGIN_METRICS),
     }
 )
 

@@ -127,3 +127,26 @@ async def serve_metrics(
             break
     logger.info("metrics listening on %s:%d", host, bound)
     return MetricsServer(runner=runner, host=host, port=bound, readiness=readiness)
+
+
+async def serve_metrics_best_effort(
+    registry: CollectorRegistry,
+    host: str,
+    port: int,
+    readiness: Readiness | None = None,
+    *,
+    role: str,
+) -> MetricsServer | None:
+    """:func:`serve_metrics` for node agents whose metrics are auxiliary (device plugin, DRA plugin):
+    a port that cannot be bound is logged and None returned, so the agent keeps offering GPUs."""
+    try:
+        return await serve_metrics(registry, host, port, readiness)
+    except OSError as e:
+        logger.error(
+            "%s: running without /metrics: cannot listen on %s:%d: %s (see --metrics-port, --no-metrics)",
+            role,
+            host,
+            port,
+            e.strerror or e,
+        )
+        return None

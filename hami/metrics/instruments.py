@@ -12,7 +12,7 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from hami.metrics.catalog import DEVICE_PLUGIN_METRICS, SCHEDULER_METRICS, MetricSpec
+from hami.metrics.catalog import DEVICE_PLUGIN_METRICS, DRA_PLUGIN_METRICS, SCHEDULER_METRICS, MetricSpec
 
 # HAMi's fit reasons (hami-scheduler-spec.md §5.2/§5.5) plus a catch-all.
 FILTER_FAILURE_REASONS: Final = frozenset(
@@ -68,4 +68,11 @@ class DevicePluginInstruments:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.allocate_seconds = _histogram(
             registry, _spec(DEVICE_PLUGIN_METRICS, "hami_allocate_duration_seconds")
+        )
+
+
+class DraPluginInstruments:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.prepare_seconds = _histogram(
+            registry, _spec(DRA_PLUGIN_METRICS, "hami_dra_prepare_duration_seconds")
         )

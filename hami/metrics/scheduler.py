@@ -39,6 +39,7 @@ class DeviceUsageRow:
     shared: int  # task allocations on the device (HAMi "Used")
     mode: str = ""  # "mig" rows also export nodeGPUMigInstance
     mig_instances: tuple[MigInstanceRow, ...] = ()
+    vendor: str = ""  # common word (NVIDIA, MLU, DCU...), exported by hami_device_info
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,9 +71,12 @@ class SchedulerUsage:
 
 
 class SchedulerUsageCollector(SnapshotCollector[SchedulerUsage]):
-    """Gauges of HAMi 2.8's scheduler (the histograms and counters live in ``instruments``)."""
+    """Gauges of HAMi 2.8's scheduler and ``hami_device_info`` (the vendor of each device, which
+    2.8's label sets do not carry); the histograms and counters live in ``instruments``."""
 
-    specs: ClassVar[tuple[MetricSpec, ...]] = tuple(s for s in SCHEDULER_METRICS if s.origin == "hami-2.8")
+    specs: ClassVar[tuple[MetricSpec, ...]] = tuple(
+        s for s in SCHEDULER_METRICS if s.origin == "hami-2.8" or s.name == "hami_device_info"
+    )
 
     def fill(self, snapshot: SchedulerUsage, out: FamilyWriter) -> None:
         for dev in snapshot.devices:
@@ -83,6 +87,7 @@ class SchedulerUsageCollector(SnapshotCollector[SchedulerUsage]):
             out.add("GPUDeviceMemoryAllocated", allocated, devicecores=str(dev.used_cores), **key)
             out.add("GPUDeviceSharedNum", float(dev.shared), **key)
             out.add("GPUDeviceCoreAllocated", float(dev.used_cores), **key)
+            out.add("hami_device_info", 1.0, vendor=dev.vendor, devicetype=dev.type, **key)
             out.add(
                 "nodeGPUOverview",
                 allocated,

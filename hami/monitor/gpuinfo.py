@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from hami.core.mockgpu import MockGpu, mock_gpu_uuid
+
 logger = logging.getLogger(__name__)
 
 
@@ -64,14 +66,34 @@ class FakeGpuInfo:
         self.closed = True
 
 
+def host_gpus_from_mock(gpus: Iterable[MockGpu]) -> tuple[HostGpu, ...]:
+    """Idle host GPUs for mock GPUs (:mod:`hami.core.mockgpu`): the device plugin's UUIDs."""
+    return tuple(
+        HostGpu(
+            index=g.index,
+            uuid=g.uuid,
+            name=g.model,
+            memory_used=0,
+            memory_total=g.memory_mib * 1048576,
+            utilization=0,
+        )
+        for g in gpus
+    )
+
+
 def mock_gpus(
-    count: int, *, name: str = "NVIDIA H100 80GB HBM3", memory_total: int = 85520809984
+    count: int,
+    *,
+    name: str = "NVIDIA H100 80GB HBM3",
+    memory_total: int = 85520809984,
+    node_name: str = "",
 ) -> tuple[HostGpu, ...]:
-    """Deterministic idle GPUs for ``--backend mock``."""
+    """Deterministic idle GPUs for ``--backend mock``; UUIDs as the device plugin's mock backend
+    derives them for ``node_name``."""
     return tuple(
         HostGpu(
             index=i,
-            uuid=f"GPU-00000000-0000-0000-0000-{i:012d}",
+            uuid=mock_gpu_uuid(node_name, i),
             name=name,
             memory_used=0,
             memory_total=memory_total,

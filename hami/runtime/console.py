@@ -10,6 +10,11 @@ finish within ``command_timeout`` reports that the loop is busy.
 aiomonitor's ``start()`` waits forever when a UI port cannot be bound (the bind error dies in its
 UI thread), so every port is checked first and a busy one raises :class:`ConsolePortBusy`.
 
+Roles start it through :func:`run_role_console`: a console port that cannot be bound is logged
+and the role runs without its console (a diagnostic aid never takes a node agent down, and
+several replicas on one machine keep running). Each role has its own default ports
+(:func:`role_console_settings`), so the roles of one machine do not collide.
+
 aiomonitor's command table is one module-level click group; this module adds one dispatcher
 per command name to it, which looks the callable up on the *current* monitor, so several
 monitors in one process (tests) never see each other's commands.
@@ -22,7 +27,7 @@ import inspect
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -203,3 +208,28 @@ async def run_console(
     finally:
         # close() joins the UI thread, which needs no help from this loop.
         await asyncio.to_thread(monitor.close)
+
+
+def role_console_settings(telnet_port: int) -> ConsoleSettings:
+    """A role's default ports: telnet ``telnet_port``, web UI +1, Python console +2."""
+    return ConsoleSettings(port=telnet_port, webui_port=telnet_port + 1, console_port=telnet_port + 2)
+
+
+@asynccontextmanager
+async def run_role_console(
+    settings: ConsoleSettings,
+    commands: ConsoleCommands | None = None,
+    *,
+    role: str,
+    locals: dict[str, Any] | None = None,
+) -> AsyncIterator[HamiMonitor | None]:
+    """:func:`run_console` for a role: a busy port is logged and yields None instead of raising."""
+    async with AsyncExitStack() as stack:
+        try:
+            monitor = await stack.enter_async_context(run_console(settings, commands, locals=locals))
+        except ConsolePortBusy as e:
+            logger.error(
+                "%s: running without the aiomonitor console: %s (see --monitor-port, --no-monitor)", role, e
+            )
+            monitor = None
+        yield monitor

@@ -49,6 +49,7 @@ from hami.k8s.patches import metadata_patch
 from hami.metrics.instruments import SchedulerInstruments
 from hami.scheduler.events import FILTERING_FAILED, FILTERING_SUCCEED, EventSink, PodRef, pod_ref
 from hami.scheduler.explain import WhyBook, error_record, scheduled_record, unschedulable_record
+from hami.scheduler.leadership import Leadership
 from hami.scheduler.state import Assumption, SchedulerState
 
 logger = logging.getLogger(__name__)
@@ -95,9 +96,11 @@ class FilterCycle:
         events: EventSink,
         why: WhyBook,
         instruments: SchedulerInstruments | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self.state = state
         self.api = api
+        self.leadership = leadership
         self.nvidia = nvidia
         self.settings = settings
         self.events = events
@@ -215,6 +218,9 @@ class FilterCycle:
         self, pod: Mapping[str, Any], node: str, devices: PodDevices, now: datetime
     ) -> dict[str, str]:
         annotations = {keys.VGPU_NODE: node, keys.VGPU_TIME: encode_unix_time(now)}
+        term = self.leadership.term if self.leadership is not None else None
+        if term is not None:  # fencing: a decision of a deposed leader is recognisable
+            annotations[keys.SCHEDULER_TERM] = str(term)
         for vendor, assigned in devices.items():
             impl = self.state.registry.get(vendor)
             if impl is not None:

@@ -1,10 +1,12 @@
 """Explainable decisions: the full record of a pod's last filter, for ``hami why NS/POD``.
 
 Every failed filter records, per candidate node, the reason the extender returned and HAMi's
-reason string, and per device the predicate that failed with its numbers (``GPU-3: free 7200 MiB
-< 8000 MiB``). Events stay short (HAMi 2.8's texts); the full record lives here, in memory, per
-pending pod, bounded (least recently written records go first, and a record keeps at most
-``max_nodes`` nodes, counting the rest), and is served as JSON at ``GET /why/{ns}/{pod}``.
+reason string, the vendor whose Fit failed and the predicates that failed (``MLU``,
+``CardInsufficientMemory``), and per device the predicate that failed with its numbers
+(``GPU-3: free 7200 MiB < 8000 MiB``). Events stay short (HAMi 2.8's texts); the full record
+lives here, in memory, per pending pod, bounded (least recently written records go first, and a
+record keeps at most ``max_nodes`` nodes, counting the rest), and is served as JSON at
+``GET /why/{ns}/{pod}``.
 A successful decision replaces the record with a short one; a deleted pod's record is dropped.
 """
 
@@ -44,7 +46,8 @@ class NodeLine:
     reason: str  # FailedNodes value
     detail: str  # HAMi reason string / note
     container: int | None = None
-    vendor: str | None = None
+    vendor: str | None = None  # common word of the vendor whose Fit failed (NVIDIA, MLU, DCU...)
+    predicates: tuple[str, ...] = ()  # the failed predicates, e.g. ("CardInsufficientMemory",)
     devices: tuple[DeviceLine, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
@@ -54,6 +57,7 @@ class NodeLine:
             "detail": self.detail,
             "container": self.container,
             "vendor": self.vendor,
+            "predicates": list(self.predicates),
             "devices": [d.to_json() for d in self.devices],
         }
 
@@ -111,6 +115,15 @@ def request_lines(request: PodRequest) -> tuple[str, ...]:
     return tuple(lines)
 
 
+def predicates_of(failure: NodeFailure) -> tuple[str, ...]:
+    """The predicates that failed on the node: HAMi's per-device reasons counted by the Fit, else
+    the rejections' reasons, else the node-level note or reason (``node unregistered``)."""
+    found = list(failure.counts) or [r.reason for r in failure.rejections]
+    if not found:
+        found = [failure.note or failure.reason]
+    return tuple(dict.fromkeys(found))
+
+
 def _node_line(failure: NodeFailure) -> NodeLine:
     return NodeLine(
         node=failure.node,
@@ -118,6 +131,7 @@ def _node_line(failure: NodeFailure) -> NodeLine:
         detail=failure.detail,
         container=failure.container,
         vendor=failure.vendor,
+        predicates=predicates_of(failure),
         devices=tuple(
             DeviceLine(device=r.device, reason=r.reason, have=r.have, need=r.need, message=r.message)
             for r in failure.rejections
@@ -241,7 +255,8 @@ def render_text(doc: Mapping[str, Any]) -> str:
             if node.get("container") is not None:
                 where = f" (container {node['container']}"
                 where += f", {node['vendor']})" if node.get("vendor") else ")"
-            detail = node.get("detail") or ""
+            predicates = [p for p in node.get("predicates") or () if p != node.get("reason")]
+            detail = node.get("detail") or ", ".join(predicates)
             out.append(
                 f"  {node.get('node')}: {node.get('reason')}{where}" + (f": {detail}" if detail else "")
             )

@@ -10,6 +10,10 @@ cache or an internal failure is an ``Error`` in the result, never a 500 or a han
 Routes: ``POST /filter``, ``POST /prioritize`` (HostPriorityList, 0..10), ``POST /bind``,
 ``GET /why/{namespace}/{name}`` (the explanation record as JSON), plus ``GET /healthz`` and
 ``GET /readyz`` (200 only while caches are synced and this replica leads).
+
+A refusal (follower, unsynced, shutting down) also closes the connection: kube-scheduler keeps
+its connection to the extender alive, and through a Service that connection would otherwise stay
+pinned to a replica that is no longer the leader; reconnecting reaches the ready one.
 """
 
 from __future__ import annotations
@@ -210,6 +214,12 @@ def _json(body: bytes, status: int = 200) -> web.Response:
     return web.Response(body=body, status=status, content_type=JSON)
 
 
+def _refused(body: bytes) -> web.Response:
+    response = _json(body)
+    response.force_close()
+    return response
+
+
 async def _read(request: web.Request) -> bytes:
     try:
         return await request.read()
@@ -227,7 +237,7 @@ async def handle_filter(request: web.Request) -> web.Response:
             return _json(encode_error_result(str(e)))
         refused = service.serving()
         if refused is not None:
-            return _json(encode_error_result(refused))
+            return _refused(encode_error_result(refused))
         try:
             outcome = await service.cycle.filter(args.pod, args.node_names)
         except Exception as e:  # never a 500: kube-scheduler retries the pod
@@ -247,7 +257,7 @@ async def handle_prioritize(request: web.Request) -> web.Response:
         logger.info("prioritize: bad arguments: %s", e)
         return _json(b"[]")
     if service.serving() is not None:
-        return _json(encode_priorities([(name, 0) for name in args.node_names]))
+        return _refused(encode_priorities([(name, 0) for name in args.node_names]))
     try:
         scores = service.cycle.prioritize(args.pod, args.node_names)
     except Exception:
@@ -266,7 +276,7 @@ async def handle_bind(request: web.Request) -> web.Response:
             return _json(encode_bind_result(str(e)))
         refused = service.serving()
         if refused is not None:
-            return _json(encode_bind_result(refused))
+            return _refused(encode_bind_result(refused))
         try:
             error = await service.binder.bind(args)
         except Exception as e:

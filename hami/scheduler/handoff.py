@@ -80,6 +80,16 @@ from hami.scheduler.podinfo import OrderKey, PodInfo
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandoffView:
+    """One node's handoff state, for diagnostics (``ns/name`` of each pod)."""
+
+    node: str
+    handoff: tuple[str, ...]  # bound, waiting for Allocate (oldest first)
+    waiting: tuple[str, ...]  # binds waiting for their turn (oldest first)
+    busy: str | None  # UID whose binding call is in flight
+
+
 class HandoffTimeout(HamiError):
     """A bind did not get its turn on the node in time."""
 
@@ -120,6 +130,18 @@ class HandoffTracker:
 
     def counts(self) -> dict[str, int]:
         return {name: len(n.handoff) for name, n in self._nodes.items() if n.handoff}
+
+    def views(self) -> list[HandoffView]:
+        """Every node with pods in handoff, binds waiting or a bind in flight, by node name."""
+        return [
+            HandoffView(
+                node=name,
+                handoff=tuple(_name(k) for k in sorted(n.handoff.values())),
+                waiting=tuple(_name(k) for k in sorted(n.waiting.values())),
+                busy=n.busy,
+            )
+            for name, n in sorted(self._nodes.items())
+        ]
 
     def blocker(self, node: str, uid: str, key: OrderKey) -> str | None:
         """Why a bind of ``uid`` on ``node`` must wait now (None: it may go)."""

@@ -15,6 +15,10 @@ Differences from 2.8, all about *who owns* a lock rather than how old it is:
 * an unreadable lock value (HAMi's plugin would fail Allocate on it) is taken over;
 * reads come from the node watch cache, writes carry the cached ``resourceVersion`` as a
   precondition (409 → wait for the cache to catch up, then retry), never a GET.
+
+:class:`VendorLocks` handles the vendors' own locks (``VendorTraits.lock_key`` other than
+``hami.io/mutex.lock``: Cambricon's ``cambricon.com/dsmlu.lock``), whose value is only HAMi's
+RFC 3339 time: see its docstring.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from hami.core import keys
@@ -39,6 +44,8 @@ from hami.scheduler.state import SchedulerState
 logger = logging.getLogger(__name__)
 
 ATTEMPTS: Final = 5
+DEFAULT_VENDOR_LOCK_EXPIRY: Final = timedelta(minutes=5)
+"""A vendor lock without its own expiry ages out like HAMi's default ``--node-lock-timeout``."""
 CACHE_CATCH_UP: Final = 1.0  # seconds to wait for the node watch after a 409
 
 
@@ -154,9 +161,11 @@ class NodeLocks:
         logger.error("node %s: could not release the lock of %s/%s", node, namespace, name)
         return False
 
-    async def _patch(self, node: str, value: str | None, resource_version: str) -> None:
+    async def _patch(
+        self, node: str, value: str | None, resource_version: str, *, key: str = keys.NODE_LOCK
+    ) -> None:
         patch = merge_patch(
-            {"metadata": {"annotations": {keys.NODE_LOCK: value}}},
+            {"metadata": {"annotations": {key: value}}},
             resource_version=resource_version or None,
         )
         await self.api.patch(NODES, node, patch)
@@ -170,3 +179,146 @@ class NodeLocks:
                 return
             await self._sleep(0.02)
             waited += 0.02
+
+
+# ------------------------------------------------------------------------------- vendor locks
+
+
+def time_lock_value(now: datetime) -> str:
+    """HAMi's ``time.Now().Format(time.RFC3339)`` in UTC (``2026-01-20T07:12:17Z``)."""
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time_lock(value: str) -> datetime | None:
+    """The time of an RFC 3339 lock value; None when it is not one (or names no zone)."""
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Taken:
+    """A vendor lock this process wrote, and for which pod (the value does not say)."""
+
+    value: str
+    namespace: str
+    name: str
+    uid: str | None
+
+
+class VendorLocks:
+    """A vendor's own node lock whose value is only a time (HAMi's Cambricon ``LockNode``).
+
+    HAMi sets ``<key>: <RFC3339 now>`` when the annotation is absent, takes it over when it is
+    older than the vendor's expiry (2 minutes for Cambricon) and otherwise fails the bind with
+    ``node <n> has been locked within <expiry>``; the vendor's device plugin removes it at
+    Allocate. The value names no pod, so the pod a lock was written for is remembered here, in
+    memory: a later bind takes that lock over as soon as its pod is gone or past Allocate (the
+    rule :class:`NodeLocks` applies to ``hami.io/mutex.lock``), and a lock written by someone
+    else (another replica, the vendor's plugin, before a restart) is taken over only after the
+    expiry, as HAMi does. An unreadable value is taken over at once, like :class:`NodeLocks`.
+    """
+
+    def __init__(self, locks: NodeLocks) -> None:
+        self._locks = locks
+        self._taken: dict[tuple[str, str], _Taken] = {}
+
+    def _free_reason(self, node: str, key: str, value: str, expiry: timedelta) -> str | None:
+        """Why the lock ``value`` may be taken now (None: it is held)."""
+        taken = self._taken.get((node, key))
+        if taken is not None and taken.value == value:
+            found = self._locks.state.pod_by_key(taken.namespace, taken.name)
+            if found is None or (taken.uid is not None and found[1].uid != taken.uid):
+                return f"the pod it was set for, {taken.namespace}/{taken.name}, is gone"
+            info = found[1]
+            if info.terminal or info.deleting or info.allocation_done:
+                return f"the pod it was set for, {taken.namespace}/{taken.name}, is past Allocate"
+        when = parse_time_lock(value)
+        if when is None:
+            return f"unreadable value {value!r}"
+        if self._locks.state.clock.now() - when > expiry:
+            return f"it is older than {_go_duration(expiry)}"
+        return None
+
+    async def acquire(self, node: str, key: str, expiry: timedelta, pod: PodInfo) -> None:
+        """Set ``key`` on ``node`` for ``pod``; raises NodeLockError when it is held."""
+        locks = self._locks
+        for attempt in range(1, ATTEMPTS + 1):
+            info = locks.state.node_info(node)
+            if info is None:
+                raise NodeLockError(f"failed to get node {node}")
+            current = info.vendor_locks.get(key)
+            if current is not None and self._held_by(node, key, current, pod):
+                return  # our own lock (a retried bind)
+            if current is not None:
+                why = self._free_reason(node, key, current, expiry)
+                if why is None:
+                    raise NodeLockError(f"node {node} has been locked within {_go_duration(expiry)} ({key})")
+                logger.info("node %s: taking over %s=%s: %s", node, key, current, why)
+            value = time_lock_value(locks.state.clock.now())
+            try:
+                await locks._patch(node, value, info.resource_version, key=key)
+            except ApiConflict:
+                await locks._catch_up(node, info.resource_version)
+                continue
+            except ApiError as e:
+                if attempt == ATTEMPTS:
+                    raise NodeLockError(f"failed to set node lock {key} (node={node}): {e}") from e
+                await locks._sleep(0.1)
+                continue
+            self._taken[(node, key)] = _Taken(
+                value=value, namespace=pod.namespace, name=pod.name, uid=pod.uid or None
+            )
+            return
+        raise NodeLockError(f"failed to set node lock {key} (node={node}): the node kept changing")
+
+    async def release(self, node: str, key: str, pod: PodInfo) -> bool:
+        """Remove ``key`` if this process set it for ``pod`` and it still holds that value. Never
+        raises (an undo step); returns whether the lock was removed."""
+        taken = self._taken.get((node, key))
+        if taken is None or (taken.namespace, taken.name) != (pod.namespace, pod.name):
+            return False
+        locks = self._locks
+        for _ in range(ATTEMPTS):
+            info = locks.state.node_info(node)
+            if info is None or info.vendor_locks.get(key) != taken.value:
+                self._taken.pop((node, key), None)
+                return False
+            try:
+                await locks._patch(node, None, info.resource_version, key=key)
+            except ApiNotFound:
+                return False
+            except ApiConflict:
+                await locks._catch_up(node, info.resource_version)
+                continue
+            except ApiError as e:
+                logger.warning("node %s: releasing %s of %s failed: %s", node, key, pod.key, e)
+                await locks._sleep(0.1)
+                continue
+            self._taken.pop((node, key), None)
+            return True
+        logger.error("node %s: could not release %s of %s", node, key, pod.key)
+        return False
+
+    def _held_by(self, node: str, key: str, value: str, pod: PodInfo) -> bool:
+        taken = self._taken.get((node, key))
+        return (
+            taken is not None
+            and taken.value == value
+            and (taken.namespace, taken.name) == (pod.namespace, pod.name)
+            and taken.uid in (None, pod.uid or None)
+        )
+
+
+def _go_duration(value: timedelta) -> str:
+    """Go's ``Duration.String()`` for whole seconds (``2m0s``, ``5m0s``, ``30s``)."""
+    total = int(value.total_seconds())
+    hours, rest = divmod(total, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{seconds}s"
+    if minutes:
+        return f"{minutes}m{seconds}s"
+    return f"{seconds}s"

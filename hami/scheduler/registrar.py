@@ -58,6 +58,10 @@ class VendorRegistration:
         if self.health is Health.CAPACITY:  # NVIDIA: allocatable nvidia.com/gpu; Enflame GCU, Metax GPU
             return self.count > 0
         if self.health is Health.HANDSHAKE:
+            if (self.handshake or "").startswith("Deleted"):
+                # HAMi's NodeCleanUp dropped these devices and "Deleted" never refreshes them:
+                # they stay out until the plugin reports again (its ``Reported`` answer).
+                return False
             return handshake_health(self.handshake, now).healthy
         return True  # ALWAYS; DEVICES (Metax sGPU) is healthy iff its annotation yields devices
 
@@ -85,6 +89,8 @@ class NodeInfo:
     lock: NodeLock | None = None
     lock_error: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    vendor_locks: Mapping[str, str] = field(default_factory=dict)
+    """Raw values of the vendors' own node locks (``cambricon.com/dsmlu.lock``), by annotation key."""
 
     def devices(self, now: datetime) -> tuple[DeviceInfo, ...]:
         """The devices that count now (healthy vendors whose annotation decodes)."""
@@ -166,6 +172,11 @@ def decode_node(
             continue
         vendors.append(VendorRegistration(devices=devices, **common))  # type: ignore[arg-type]
 
+    vendor_locks = {
+        t.lock_key: annotations[t.lock_key]
+        for t in traits.values()
+        if t.lock_key and t.lock_key != keys.NODE_LOCK and t.lock_key in annotations
+    }
     lock_text = annotations.get(keys.NODE_LOCK)
     lock: NodeLock | None = None
     lock_error: str | None = None
@@ -182,6 +193,7 @@ def decode_node(
         lock=lock,
         lock_error=lock_error,
         labels=labels,
+        vendor_locks=vendor_locks,
     )
 
 

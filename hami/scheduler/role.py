@@ -1,7 +1,8 @@
 """The scheduler role: caches, decisions, listeners and background loops, started and stopped in order.
 
 :meth:`SchedulerRole.run` starts the watch caches, then (while they sync) the event sink, the
-reconciler, the leader elector and the TLS watcher, then the metrics listener and the main
+reconciler, the leader elector (which campaigns once the caches are synced, see
+:mod:`hami.scheduler.leadership`) and the TLS watcher, then the metrics listener and the main
 HTTP(S) listener, and serves until ``stop`` is set or it is cancelled. ``/filter`` and ``/bind``
 refuse (at once, with a reason) until every cache has synced and while this replica does not
 lead. ``POST /webhook`` (:mod:`hami.scheduler.webhook`) is served on the same listener.
@@ -27,7 +28,6 @@ from hami.core.policy import GpuPolicy, NodePolicy
 from hami.core.vendor import VendorRegistry
 from hami.core.vendors import admission_vendors, build_registry
 from hami.k8s.client import KubeApi
-from hami.k8s.lease import LeaderElector
 from hami.metrics.build_info import BuildInfo
 from hami.metrics.http import MetricsServer, serve_metrics
 from hami.metrics.instruments import SchedulerInstruments
@@ -41,8 +41,16 @@ from hami.scheduler.cycle import CycleSettings, FilterCycle
 from hami.scheduler.events import EventSink
 from hami.scheduler.explain import WhyBook
 from hami.scheduler.extender import ExtenderService
+from hami.scheduler.fencing import FencedApi
 from hami.scheduler.handoff import HandoffTracker
-from hami.scheduler.leadership import AlwaysLeader, ElectedLeadership, Leadership, on_leadership_lost
+from hami.scheduler.leadership import (
+    AlwaysLeader,
+    Candidate,
+    ElectedLeadership,
+    LeaderElectMode,
+    Leadership,
+    LeadershipCollector,
+)
 from hami.scheduler.reconciler import Reconciler
 from hami.scheduler.settings import SchedulerSettings, split_host_port
 from hami.scheduler.state import SchedulerState
@@ -85,20 +93,27 @@ class SchedulerRole:
         self.metrics_registry.register(SchedulerUsageCollector(lambda: scheduler_usage(self.state)))
         self.events = EventSink(api, component=cfg.scheduler_name or "hami-scheduler")
         self.why = WhyBook(cfg.why_capacity)
-        self.elector: LeaderElector | None = None
+        self.elector: Candidate | None = None
         self.leadership: Leadership = AlwaysLeader()
+        writer: KubeApi = api
         if settings.leader_election.enabled:
-            self.elector = LeaderElector(
+            elected = ElectedLeadership.build(
                 api,
                 settings.leader_election,
+                LeaderElectMode(cfg.leader_elect_mode),
                 identity=identity,
-                on_stopped_leading=on_leadership_lost(self.state.forget_assumptions),
+                clock=self.state.clock,
                 watching=settings.watching,
+                on_lost=self.state.forget_assumptions,
             )
-            self.leadership = ElectedLeadership(self.elector)
+            self.elector = elected.candidate
+            self.leadership = elected
+            # Decisions, bindings, node locks and handshakes go through the fence; watches do not.
+            writer = FencedApi(api, elected)
+        self.metrics_registry.register(LeadershipCollector(self.leadership))
         self.cycle = FilterCycle(
             self.state,
-            api,
+            writer,
             nvidia=self.device_config.nvidia,
             settings=CycleSettings(
                 node_policy=NodePolicy(cfg.node_scheduler_policy),
@@ -109,10 +124,11 @@ class SchedulerRole:
             events=self.events,
             why=self.why,
             instruments=self.instruments,
+            leadership=self.leadership,
         )
         self.binder = Binder(
             self.state,
-            api,
+            writer,
             settings=BinderSettings(
                 bind_wait_timeout=cfg.bind_wait_timeout,
                 cache_wait=cfg.cache_wait,
@@ -120,11 +136,12 @@ class SchedulerRole:
             ),
             events=self.events,
             fence=self.leadership.fence if self.elector is not None else None,
+            leadership=self.leadership,
             wants_devices=self.cycle.wants_devices,
         )
         self.reconciler = Reconciler(
             self.state,
-            api,
+            writer,
             assume_grace=cfg.assume_grace,
             interval=cfg.reconcile_interval,
             lock_timeout=cfg.node_lock_timeout,
@@ -154,10 +171,12 @@ class SchedulerRole:
             ready=self.readiness_refusal,
             instruments=self.instruments,
         )
-        self.app = build_app(self.service, extra_routes=[webhook_routes(self.webhook), *extra_routes])
+        webhook = webhook_routes(self.webhook, observe=self.instruments.webhook_seconds.observe)
+        self.app = build_app(self.service, extra_routes=[webhook, *extra_routes])
         self.listener: Listener | None = None
         self.metrics: MetricsServer | None = None
         self.started = asyncio.Event()
+        self.warm = asyncio.Event()  # caches synced and frozen: only then does this replica campaign
 
     # ------------------------------------------------------------------ gates
 
@@ -185,6 +204,13 @@ class SchedulerRole:
         gc.collect()
         gc.freeze()
         logger.info("caches synced; %d objects frozen out of the cyclic GC", gc.get_freeze_count())
+        self.warm.set()
+
+    async def _campaign(self, candidate: Candidate) -> None:
+        """Lead only with warm caches: a replica still listing (or freezing, which blocks the loop)
+        would take the Lease from a synced follower and then fail its first renewals."""
+        await self.warm.wait()
+        await candidate.run()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Serve until ``stop`` is set (or cancelled); see the module docstring for the order."""
@@ -199,7 +225,7 @@ class SchedulerRole:
             helpers.append(create_guarded_task(self.tls.watch(cfg.tls_reload_interval), name="tls reload"))
         lease: list[asyncio.Task[Any]] = []
         if self.elector is not None:
-            lease.append(create_guarded_task(self.elector.run(), name="leader election"))
+            lease.append(create_guarded_task(self._campaign(self.elector), name="leader election"))
         helpers.append(create_guarded_task(self._freeze_after_sync(), name="gc freeze", finishable=True))
         everything = [*watchers, *helpers, *lease]
         try:

@@ -13,9 +13,15 @@ from typing import Final
 
 from hami.config.settings import InvalidSetting, Settings, setting
 from hami.core.policy import GpuPolicy, NodePolicy
+from hami.runtime.console import ConsoleSettings, role_console_settings
 
 DEFAULT_HTTP_BIND: Final = "127.0.0.1:8080"
 DEFAULT_METRICS_BIND: Final = ":9395"
+SCHEDULER_CONSOLE_PORT: Final = 20111
+"""aiomonitor telnet port of the scheduler; the monitor uses 20101, the device plugin 20121 and
+the DRA plugin 20131, so the roles of one machine never collide."""
+LEADER_ELECT_OWN: Final = "own"
+LEADER_ELECT_FOLLOW: Final = "follow-kube-scheduler"
 
 
 def split_host_port(address: str, *, what: str = "address") -> tuple[str, int]:
@@ -144,6 +150,12 @@ class SchedulerSection:
     shutdown_timeout: float = setting(
         10.0, "how long in-flight requests may take after SIGTERM", flag="--shutdown-timeout", unit="s"
     )
+    leader_elect_mode: str = setting(
+        LEADER_ELECT_OWN,
+        "with --leader-elect: 'own' campaigns for the Lease; 'follow-kube-scheduler' leads while this "
+        "pod's kube-scheduler (holder <hostname>_...) holds it, as HAMi 2.8 does",
+        flag="--leader-elect-mode",
+    )
 
     def __post_init__(self) -> None:
         try:
@@ -174,6 +186,11 @@ class SchedulerSection:
         for name in ("node_lock_timeout", "bind_wait_timeout", "assume_grace", "reconcile_interval"):
             if getattr(self, name) <= 0:
                 raise InvalidSetting(name, f"must be > 0, got {getattr(self, name)}")
+        if self.leader_elect_mode not in (LEADER_ELECT_OWN, LEADER_ELECT_FOLLOW):
+            raise InvalidSetting(
+                "leader_elect_mode",
+                f"must be {LEADER_ELECT_OWN} or {LEADER_ELECT_FOLLOW}, got {self.leader_elect_mode!r}",
+            )
         if self.cache_wait < 0:
             raise InvalidSetting("cache_wait", f"must be >= 0, got {self.cache_wait}")
         for name in ("why_capacity", "why_max_nodes"):
@@ -198,3 +215,5 @@ class SchedulerSection:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SchedulerSettings(Settings):
     scheduler: SchedulerSection = SchedulerSection()
+    # aiomonitor on 127.0.0.1:20111 (web UI 20112, Python console 20113); ``--no-monitor`` turns it off.
+    console: ConsoleSettings = role_console_settings(SCHEDULER_CONSOLE_PORT)  # noqa: RUF009  # frozen

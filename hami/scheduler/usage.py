@@ -43,6 +43,7 @@ def scheduler_usage(state: SchedulerState) -> SchedulerUsage:
                     shared=d.used,
                     mode=d.mode,
                     mig_instances=mig,
+                    vendor=d.vendor,
                 )
             )
     containers: list[ContainerAllocationRow] = []

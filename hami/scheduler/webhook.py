@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Final
 
@@ -212,11 +213,23 @@ def add_webhook_routes(app: web.Application, handler: WebhookHandler, *, path: s
 
 
 def webhook_routes(
-    handler: WebhookHandler, *, path: str = WEBHOOK_PATH
+    handler: WebhookHandler,
+    *,
+    path: str = WEBHOOK_PATH,
+    observe: Callable[[float], object] | None = None,
 ) -> Callable[[web.Application], list[web.RouteDef]]:
-    """The same route as a ``hami.scheduler.app.RouteFactory`` (``build_app(extra_routes=[...])``)."""
+    """The same route as a ``hami.scheduler.app.RouteFactory`` (``build_app(extra_routes=[...])``);
+    ``observe`` gets each request's handling time in seconds (the webhook latency histogram)."""
+
+    async def timed(request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        try:
+            return await handler.handle(request)
+        finally:
+            if observe is not None:
+                observe(time.perf_counter() - started)
 
     def factory(app: web.Application) -> list[web.RouteDef]:
-        return [web.post(path, handler.handle)]
+        return [web.post(path, handler.handle if observe is None else timed)]
 
     return factory

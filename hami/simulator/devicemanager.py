@@ -355,6 +355,9 @@ class DeviceManager:
                 )
             except grpclib.GRPCError as exc:
                 raise AdmissionError(go_rpc_error(exc)) from exc
+            except (OSError, TimeoutError, grpclib.exceptions.StreamTerminatedError) as exc:
+                # The plugin died mid-call: kubelet fails the admission, it does not crash.
+                raise AdmissionError(f"rpc error: code = Unavailable desc = {exc!r}") from exc
             for response in reply.container_responses[:1]:
                 chosen = [d for d in dict.fromkeys(response.device_i_ds) if d in available]
         chosen = [*reuse, *(d for d in chosen if d not in reuse)][:needed]

@@ -13,10 +13,7 @@ capacity (KEP-5075): per capacity, a request's amount (or the policy default, or
 when the request omits it and there is no policy) is raised to ``validRange.min``, rounded up to
 ``min + n*step`` or to the next ``validValues`` entry, refused above ``max``, and the sum over all
 shares never exceeds ``value``; every allocation of such a device gets a ``shareID`` and its
-``consumedCapacity``. Selectors (class and request) are CEL, evaluated with cel-python over
-``device.driver``, ``device.attributes[<domain>]``, ``device.capacity[<domain>]`` and
-``device.allowMultipleAllocations`` (unknown domains are empty maps), with Kubernetes'
-``quantity()``/``semver()`` and ``compareTo``/``isGreaterThan``/``isLessThan``.
+``consumedCapacity``. Selectors (class and request) are CEL (:mod:`hami.simulator.dra_cel`).
 ``allocationMode: All``, ``firstAvailable`` (first sub-request that fits) and ``matchAttribute``
 constraints are supported; a device is used once per claim. Not simulated: admin access, device
 taints and tolerations, binding conditions, partitionable counters, ``distinctAttribute``,
@@ -33,12 +30,10 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Final
 
-import celpy
-from celpy import celtypes
-from celpy.celparser import CELParseError
-from celpy.evaluation import CELEvalError, CELUnsupportedError
-
 from hami.core.quantity import QuantityError, format_quantity, parse_quantity
+from hami.simulator.dra_cel import CelSelectors as CelSelectors  # re-exported: allocate_claim takes one
+from hami.simulator.dra_cel import cel_device as cel_device  # re-exported
+from hami.simulator.dra_cel import qualified_name
 from hami.simulator.restclient import ApiError, Informer, InformerEvent, RestClient
 
 logger = logging.getLogger(__name__)
@@ -55,127 +50,6 @@ class Unallocatable(Exception):
 
 class DraBindError(Exception):
     """Writing the allocation failed (the bind must be undone and retried)."""
-
-
-# --------------------------------------------------------------------------------------- CEL
-
-
-class _DomainMap(celtypes.MapType):
-    """``device.attributes`` / ``device.capacity``: a missing domain is an empty map (§3.10)."""
-
-    def __getitem__(self, key: Any) -> Any:
-        try:
-            return super().__getitem__(key)
-        except KeyError:
-            return celtypes.MapType({})
-
-
-class _Semver(celtypes.StringType):
-    """A ``version`` attribute or ``semver()`` result: compares as a semantic version."""
-
-    def key(self) -> tuple[Any, ...]:
-        core, _, pre = str(self).partition("+")[0].partition("-")
-        numbers = tuple(int(p) if p.isdigit() else 0 for p in core.split("."))
-        return (*numbers, 0 if pre else 1, pre)
-
-
-def _compare(a: Any, b: Any) -> celtypes.IntType:
-    if isinstance(a, _Semver) or isinstance(b, _Semver):
-        ka, kb = _Semver(str(a)).key(), _Semver(str(b)).key()
-    else:
-        ka, kb = a, b
-    return celtypes.IntType((ka > kb) - (ka < kb))
-
-
-def _quantity(text: Any) -> Any:
-    value = parse_quantity(str(text))
-    return celtypes.IntType(int(value)) if value.denominator == 1 else celtypes.DoubleType(float(value))
-
-
-_FUNCTIONS: Final[dict[str, Callable[..., Any]]] = {
-    "quantity": _quantity,
-    "semver": lambda text: _Semver(str(text)),
-    "compareTo": _compare,
-    "isGreaterThan": lambda a, b: celtypes.BoolType(_compare(a, b) > 0),
-    "isLessThan": lambda a, b: celtypes.BoolType(_compare(a, b) < 0),
-}
-
-
-class CelSelectors:
-    """Compiled-expression cache; one per scheduler (compilation costs ~10 ms)."""
-
-    def __init__(self) -> None:
-        self._env = celpy.Environment()
-        self._programs: dict[str, Any] = {}
-
-    def _program(self, expression: str) -> Any:
-        program = self._programs.get(expression)
-        if program is None:
-            try:
-                program = self._env.program(self._env.compile(expression), functions=_FUNCTIONS)
-            except (CELParseError, CELUnsupportedError) as e:
-                raise ValueError(f"invalid CEL expression {expression!r}: {e}") from None
-            self._programs[expression] = program
-        return program
-
-    def matches(self, expression: str, device: Any) -> bool:
-        """True/False, or ValueError for a compile or evaluation error (or a non-boolean)."""
-        try:
-            result = self._program(expression).evaluate({"device": device})
-        except (CELEvalError, CELUnsupportedError) as e:
-            raise ValueError(f"CEL expression {expression!r} failed: {e.args[0] if e.args else e}") from None
-        if isinstance(result, CELEvalError):
-            raise ValueError(
-                f"CEL expression {expression!r} failed: {result.args[0] if result.args else result}"
-            )
-        if not isinstance(result, celtypes.BoolType):
-            raise ValueError(f"CEL expression {expression!r} returned {type(result).__name__}, not a bool")
-        return bool(result)
-
-
-def _qualified(driver: str, name: str) -> tuple[str, str]:
-    domain, sep, ident = name.rpartition("/")
-    return (domain, ident) if sep else (driver, name)
-
-
-def _cel_attribute(value: Mapping[str, Any]) -> Any:
-    if "bool" in value:
-        return celtypes.BoolType(bool(value["bool"]))
-    if "int" in value:
-        return celtypes.IntType(int(value["int"]))
-    if "version" in value:
-        return _Semver(str(value["version"]))
-    return celtypes.StringType(str(value.get("string", "")))
-
-
-def cel_device(driver: str, device: Mapping[str, Any]) -> Any:
-    """The CEL ``device`` variable for one slice device."""
-    attributes: dict[Any, Any] = {}
-    for name, value in (device.get("attributes") or {}).items():
-        domain, ident = _qualified(driver, name)
-        attributes.setdefault(celtypes.StringType(domain), {})[celtypes.StringType(ident)] = _cel_attribute(
-            value
-        )
-    capacity: dict[Any, Any] = {}
-    for name, value in (device.get("capacity") or {}).items():
-        domain, ident = _qualified(driver, name)
-        capacity.setdefault(celtypes.StringType(domain), {})[celtypes.StringType(ident)] = _quantity(
-            value.get("value", "0")
-        )
-    return celtypes.MapType(
-        {
-            celtypes.StringType("driver"): celtypes.StringType(driver),
-            celtypes.StringType("attributes"): _DomainMap(
-                {k: celtypes.MapType(v) for k, v in attributes.items()}
-            ),
-            celtypes.StringType("capacity"): _DomainMap(
-                {k: celtypes.MapType(v) for k, v in capacity.items()}
-            ),
-            celtypes.StringType("allowMultipleAllocations"): celtypes.BoolType(
-                bool(device.get("allowMultipleAllocations"))
-            ),
-        }
-    )
 
 
 # --------------------------------------------------------------------------------------- inventory
@@ -198,9 +72,9 @@ class SliceDevice:
     def attribute(self, qualified: str) -> Any:
         """Value of a fully-qualified attribute (``<domain>/<name>``), or None."""
         attrs = self.raw.get("attributes") or {}
-        domain, ident = _qualified(self.ref.driver, qualified)
+        domain, ident = qualified_name(self.ref.driver, qualified)
         for name, value in attrs.items():
-            if _qualified(self.ref.driver, name) == (domain, ident):
+            if qualified_name(self.ref.driver, name) == (domain, ident):
                 return next(iter(value.values()), None) if isinstance(value, Mapping) else None
         return None
 
@@ -673,7 +547,11 @@ class DraScheduling:
         self._reserved[key] = plan
 
     def unreserve(self, pod: Mapping[str, Any]) -> None:
-        for claim_key, allocation in self._reserved.pop(_pod_key(pod), {}).items():
+        """Forget what :meth:`reserve` assumed for the pod (nothing to do for a pod without claims)."""
+        plan = self._reserved.pop(_pod_key(pod), None)
+        if plan is None:
+            return
+        for claim_key, allocation in plan.items():
             if allocation and self._assumed.get(claim_key) is allocation:
                 self._assumed.pop(claim_key, None)
         if self._on_change is not None:

@@ -14,10 +14,19 @@ is unexpected``. Admitted pods go to ``Running`` with container statuses; with t
 DELETE is finished like kubelet does: containers stop, the terminal phase is written, then the pod
 is deleted with grace 0 and a UID precondition.
 
+Dynamic resources (:class:`~hami.simulator.dra_kubelet.KubeletClaims`): the plugin watcher
+registers DRA drivers that put their registration socket in ``<state_dir>/plugins_registry``.
+After device-plugin admission, a pod with ``spec.resourceClaims`` has its claims prepared
+(``NodePrepareResources`` over the driver's socket) and each container's CDI devices resolved
+from ``<state_dir>/cdi`` as a CDI-enabled runtime would (env, mounts, device nodes recorded). A
+failed prepare leaves the pod ``Pending`` (containers ``ContainerCreating``) and is retried with
+a doubling delay, as kubelet's pod sync retries it. Claims are unprepared (when no other pod on
+the node uses them) once the pod is finished or deleted, before a graceful deletion completes.
+
 What Allocate answered is recorded per pod, in memory (:meth:`FakeKubelet.record`) and as JSON in
 ``<state_dir>/pods/<namespace>_<name>_<uid>.json``; :meth:`FakeKubelet.pod_resources` is a
-PodResources-``List``-like view of the device IDs each container holds (also written to
-``<state_dir>/pod-resources.json``).
+PodResources-``List``-like view of the device IDs and DRA claims each container holds (also
+written to ``<state_dir>/pod-resources.json``).
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -41,6 +50,8 @@ from hami.simulator.devicemanager import (
     DeviceManager,
     DeviceManagerSettings,
 )
+from hami.simulator.dra_controller import DraPrepareError
+from hami.simulator.dra_kubelet import CdiResolveError, DraContainerDevices, KubeletClaims, uses_claims
 from hami.simulator.restclient import (
     STRATEGIC_PATCH,
     ApiError,
@@ -58,11 +69,14 @@ RUN_SECONDS_ANNOTATION: Final = "hami.io/sim-run-seconds"
 """Pod annotation: seconds after which the fake kubelet marks the running pod ``Succeeded``."""
 KUBELET_VERSION: Final = "v1.35.0-hami-sim"
 REASON_ADMISSION: Final = "UnexpectedAdmissionError"
+REASON_DRA_PREPARE: Final = "FailedPrepareDynamicResources"
+"""Record reason while a pod's claims cannot be prepared (kubelet's event reason)."""
+REASON_CDI: Final = "CreateContainerError"
 _TERMINAL: Final = frozenset({"Succeeded", "Failed"})
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _now(skew_s: float = 0.0) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=skew_s)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -78,6 +92,12 @@ class KubeletSettings:
     heartbeat_interval: float = 10.0
     """Seconds between node status heartbeats (Ready condition, device counts)."""
     devices: DeviceManagerSettings = field(default_factory=DeviceManagerSettings)
+    dra_registry_poll: float = 0.2
+    """Seconds between scans of ``plugins_registry`` for DRA plugin sockets."""
+    dra_retry_initial: float = 0.2
+    """First delay before retrying a failed prepare (doubling up to ``dra_retry_max``, which is
+    also the period of unprepare retries)."""
+    dra_retry_max: float = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,15 +110,21 @@ class PodRecord:
     node: str
     phase: str
     allocations: tuple[ContainerAllocation, ...] = ()
+    dra: tuple[DraContainerDevices, ...] = ()
+    claims: tuple[str, ...] = ()
+    """The ResourceClaims prepared for the pod."""
     reason: str = ""
     message: str = ""
 
     def envs(self, container: str) -> dict[str, str]:
-        """Env of one container as the runtime would see it (all its Allocate answers merged)."""
+        """Env of one container as the runtime would see it (Allocate answers, then CDI edits)."""
         merged: dict[str, str] = {}
         for allocation in self.allocations:
             if allocation.container == container:
                 merged.update(allocation.envs)
+        for devices in self.dra:
+            if devices.container == container:
+                merged.update(devices.edits.env)
         return merged
 
     def to_json(self) -> dict[str, Any]:
@@ -111,6 +137,8 @@ class PodRecord:
             "reason": self.reason,
             "message": self.message,
             "allocations": [a.to_json() for a in self.allocations],
+            "dynamicResources": [d.to_json() for d in self.dra],
+            "claims": list(self.claims),
         }
 
 
@@ -159,6 +187,13 @@ class FakeKubelet:
             client, "/api/v1/pods", field_selector=f"spec.nodeName={self.name}", name=f"kubelet {self.name}"
         )
         self._pods.add_handler(self._on_pod)
+        self.dra = KubeletClaims(
+            client,
+            state_dir,
+            registry_poll_s=self.settings.dra_registry_poll,
+            retry_initial_s=self.settings.dra_retry_initial,
+            retry_max_s=self.settings.dra_retry_max,
+        )
         self._wake = asyncio.Event()
         self._status_dirty = asyncio.Event()
         self._handled: set[str] = set()  # pod UIDs admitted, rejected or adopted
@@ -169,6 +204,8 @@ class FakeKubelet:
         self.records: dict[str, PodRecord] = {}
         """Pod UID → what the kubelet did with it (kept after the pod is gone)."""
         self.ready = asyncio.Event()
+        self.clock_skew_s = 0.0
+        """Seconds this node's clock is off (fault injection): heartbeats, Lease and pod times."""
 
     @property
     def plugin_dir(self) -> Path:
@@ -177,7 +214,7 @@ class FakeKubelet:
     # ---- node ---------------------------------------------------------------------------------
 
     def _node_conditions(self) -> list[JsonObj]:
-        now = _now()
+        now = _now(self.clock_skew_s)
         rows = [
             (
                 "MemoryPressure",
@@ -249,7 +286,8 @@ class FakeKubelet:
 
     async def _renew_lease(self) -> None:
         """The node heartbeat Lease in ``kube-node-lease`` (what ``kubectl describe node`` shows)."""
-        renew = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        now = datetime.now(UTC) + timedelta(seconds=self.clock_skew_s)
+        renew = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         path = f"/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{self.name}"
         try:
             await self._client.patch(path, {"spec": {"renewTime": renew}})
@@ -300,6 +338,7 @@ class FakeKubelet:
 
     def _forget(self, uid: str) -> None:
         self.devices.release(uid)
+        self.dra.forget(uid)
         self._handled.discard(uid)
         self._finalizing.discard(uid)
         timer = self._timers.pop(uid, None)
@@ -312,9 +351,13 @@ class FakeKubelet:
         while True:
             self._wake.clear()
             await self._sync(tg)
-            await self._wake.wait()
+            # Unprepare failures (a driver that is away) are retried without waiting for an event.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.dra.retry_max_s if self.dra.has_due else None):
+                    await self._wake.wait()
 
     async def _sync(self, tg: asyncio.TaskGroup) -> None:
+        await self.dra.unprepare_due()
         pods = list(self._pods.objects.values())
         for pod in pods:
             uid = str(_meta(pod).get("uid", ""))
@@ -392,7 +435,24 @@ class FakeKubelet:
             self._store_record(record)
             await self._patch_status(pod, self._waiting_status(pod, "RunContainerError", str(exc)))
             return
-        record = replace(record, phase="Running", allocations=tuple(allocations))
+        await self._start(pod, replace(record, allocations=tuple(allocations)), tg)
+
+    async def _start(self, pod: JsonObj, record: PodRecord, tg: asyncio.TaskGroup) -> None:
+        """Prepare the pod's claims (if any), then run its containers."""
+        meta = _meta(pod)
+        uid = record.uid
+        if uses_claims(pod):
+            try:
+                prepared = await self.dra.prepare(pod)
+            except DraPrepareError as exc:
+                reason = REASON_CDI if isinstance(exc, CdiResolveError) else REASON_DRA_PREPARE
+                await self._prepare_failed(pod, record, reason, str(exc), tg)
+                return
+            if uid not in self._handled or uid in self._finalizing:
+                await self.dra.unprepare(uid)  # deleted while its claims were being prepared
+                return
+            record = replace(record, dra=prepared.containers, claims=prepared.claims)
+        record = replace(record, phase="Running", reason="", message="")
         self._store_record(record)
         await self._patch_status(pod, self._running_status(pod))
         run_seconds = (meta.get("annotations") or {}).get(RUN_SECONDS_ANNOTATION)
@@ -405,6 +465,40 @@ class FakeKubelet:
                 )
             else:
                 self._timers[uid] = tg.create_task(self._complete_after(pod, seconds), name=f"run {uid}")
+
+    async def _prepare_failed(
+        self, pod: JsonObj, record: PodRecord, reason: str, message: str, tg: asyncio.TaskGroup
+    ) -> None:
+        """Keep the pod Pending (containers ``ContainerCreating``) and try again later."""
+        uid = record.uid
+        delay = self.dra.retry_delay(uid)
+        logger.info(
+            "kubelet %s: %s/%s: %s (retry in %.1fs)", self.name, record.namespace, record.name, message, delay
+        )
+        if (record.reason, record.message) != (reason, message):
+            record = replace(record, reason=reason, message=message)
+            self._store_record(record)
+            await self._patch_status(pod, self._waiting_status(pod, "ContainerCreating", message))
+        if uid in self._handled and uid not in self._finalizing:
+            self._timers[uid] = tg.create_task(
+                self._retry_start(pod, record, delay, tg), name=f"kubelet {self.name}: prepare {uid}"
+            )
+
+    async def _retry_start(
+        self, pod: JsonObj, record: PodRecord, delay: float, tg: asyncio.TaskGroup
+    ) -> None:
+        await asyncio.sleep(delay)
+        # Out of _timers first: only the sleep may be cancelled, never a prepare in flight.
+        self._timers.pop(record.uid, None)
+        current = self._pods.objects.get(f"{_meta(pod).get('namespace')}/{_meta(pod).get('name')}")
+        if (
+            current is None
+            or str(_meta(current).get("uid")) != record.uid
+            or _meta(current).get("deletionTimestamp")
+            or record.uid not in self._handled
+        ):
+            return
+        await self._start(current, record, tg)
 
     def _waiting_status(self, pod: JsonObj, reason: str, message: str) -> JsonObj:
         statuses = [
@@ -422,7 +516,7 @@ class FakeKubelet:
         return {"phase": "Pending", "containerStatuses": statuses}
 
     def _running_status(self, pod: JsonObj) -> JsonObj:
-        now = _now()
+        now = _now(self.clock_skew_s)
         uid = str(_meta(pod).get("uid", ""))
         spec = _spec(pod)
         pod_ip = self.node_ip if spec.get("hostNetwork") else self._pod_ip()
@@ -474,7 +568,7 @@ class FakeKubelet:
         return status
 
     def _terminated_status(self, pod: JsonObj, *, exit_code: int) -> JsonObj:
-        now = _now()
+        now = _now(self.clock_skew_s)
         uid = str(_meta(pod).get("uid", ""))
         started = (pod.get("status") or {}).get("startTime") or now
         statuses = [
@@ -539,6 +633,7 @@ class FakeKubelet:
         await self._patch_status(current, self._terminated_status(current, exit_code=0))
         self.devices.release(uid)
         self._update_record(uid, phase="Succeeded")
+        await self.dra.unprepare(uid)
 
     async def _finalize(self, pod: JsonObj) -> None:
         meta = _meta(pod)
@@ -551,6 +646,7 @@ class FakeKubelet:
             await self._patch_status(pod, self._terminated_status(pod, exit_code=0))
             self._update_record(uid, phase="Succeeded")
         self.devices.release(uid)
+        await self.dra.unprepare(uid)  # before the pod object goes, as kubelet does
         try:
             await self._client.delete(
                 pod_path(str(meta.get("namespace")), str(meta.get("name"))), grace_seconds=0, uid=uid
@@ -586,7 +682,7 @@ class FakeKubelet:
         """PodResources ``List``-like: running pods on this node and the device IDs per container."""
         listing: list[dict[str, Any]] = []
         for record in self.records.values():
-            if record.phase in _TERMINAL:
+            if record.phase in _TERMINAL or record.uid not in self._handled:  # finished or gone
                 continue
             held = self.devices.assigned(record.uid)
             containers = [
@@ -598,6 +694,12 @@ class FakeKubelet:
                 }
                 for container, resources in held.items()
             ]
+            for dra in record.dra:
+                entry = next((c for c in containers if c["name"] == dra.container), None)
+                if entry is None:
+                    entry = {"name": dra.container, "devices": []}
+                    containers.append(entry)
+                entry["dynamicResources"] = dra.pod_resources(record.namespace)
             listing.append({"name": record.name, "namespace": record.namespace, "containers": containers})
         return listing
 
@@ -622,6 +724,7 @@ class FakeKubelet:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._pods.run(), name=f"kubelet {self.name}: watch pods")
                 tg.create_task(self._status_loop(), name=f"kubelet {self.name}: node status")
+                tg.create_task(self.dra.run(), name=f"kubelet {self.name}: DRA plugin watcher")
                 await self._pods.synced.wait()
                 self.ready.set()
                 await self._pod_worker(tg)

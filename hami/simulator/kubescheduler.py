@@ -15,6 +15,14 @@ scheduling cycle at a time (kube-scheduler's cycle is serial):
 4. the pod is *assumed* on the node (so the next cycle counts it) and bound in a separate task:
    by the interested extender with a ``bindVerb``, else by ``POST pods/binding``.
 
+Pods with ``spec.resourceClaims`` also go through the DynamicResources plugin
+(:class:`~hami.simulator.dra_allocator.DraScheduling`): after the in-tree filters each node must
+be able to allocate the pod's claims from its ResourceSlices; the chosen node's allocations are
+reserved with the assumption, written (allocation, ``reservedFor``) before binding, and
+unreserved when binding fails. ResourceSlice, ResourceClaim and DeviceClass changes, and a pod's
+``status.resourceClaimStatuses`` being filled in, count as cluster changes. Pods without claims
+never reach that code.
+
 Failures set ``PodScheduled=False`` (reason ``Unschedulable`` for a fit error, ``SchedulerError``
 otherwise) and record a ``FailedScheduling`` Warning event (repeats bump ``count``). Failed pods
 retry after a doubling backoff (``podInitialBackoffSeconds`` … ``podMaxBackoffSeconds``); a pod
@@ -34,6 +42,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from hami.simulator.dra_allocator import DraBindError, DraScheduling, Unallocatable
 from hami.simulator.extenderclient import MAX_EXTENDER_PRIORITY, MAX_NODE_SCORE, ExtenderError, HttpExtender
 from hami.simulator.kubefilters import fit_error_message, fit_reasons, is_active, least_allocated_score
 from hami.simulator.restclient import STRATEGIC_PATCH, ApiError, Informer, InformerEvent, RestClient, pod_path
@@ -57,6 +66,10 @@ def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def _spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
     return obj.get("spec") or {}
+
+
+def _claim_statuses(pod: Mapping[str, Any]) -> Any:
+    return (pod.get("status") or {}).get("resourceClaimStatuses")
 
 
 class _FitError(Exception):
@@ -87,6 +100,7 @@ class FakeKubeScheduler:
         self._nodes = Informer(client, "/api/v1/nodes", name=f"{self._component} nodes")
         self._pods.add_handler(self._on_pod)
         self._nodes.add_handler(self._on_node)
+        self._dra = DraScheduling(client, on_change=self._move_all)
         self._queue: dict[str, _Entry] = {}
         self._in_flight: set[str] = set()
         self._assumed: dict[str, tuple[str, JsonObj]] = {}  # pod key → (node, pod as assumed)
@@ -147,7 +161,9 @@ class FakeKubeScheduler:
                 self._queue[key] = _Entry(uid=uid)
                 self._wake.set()
         elif old is not None and (
-            _spec(old) != _spec(new) or _meta(old).get("labels") != _meta(new).get("labels")
+            _spec(old) != _spec(new)
+            or _meta(old).get("labels") != _meta(new).get("labels")
+            or _claim_statuses(old) != _claim_statuses(new)  # the claim controller created a claim
         ):
             entry.parked = False
             self._wake.set()
@@ -225,7 +241,8 @@ class FakeKubeScheduler:
         moves_at_start = self._moves
         try:
             host = await self._select_host(pod)
-        except _FitError as exc:
+            self._dra.reserve(pod, host)
+        except (_FitError, Unallocatable) as exc:
             parked = self._moves == moves_at_start
             await self._record_failure(pod, REASON_UNSCHEDULABLE, str(exc))
             self._requeue(key, entry, parked=parked)
@@ -245,6 +262,8 @@ class FakeKubeScheduler:
         for node in nodes:
             name = str(_meta(node).get("name", ""))
             why = fit_reasons(pod, node, self._pods_on(name), ignored_resources=self._ignored)
+            if not why:  # like kube-scheduler, a node's filters stop at the first that fails
+                why = self._dra.filter(pod, name)
             if why:
                 reasons[name] = why
             else:
@@ -314,6 +333,7 @@ class FakeKubeScheduler:
         meta = _meta(pod)
         name, namespace, uid = str(meta.get("name")), str(meta.get("namespace")), str(meta.get("uid"))
         try:
+            await self._dra.pre_bind(pod)
             bound = False
             for extender in self._extenders:
                 if not extender.config.bind_verb or not extender.config.is_interested(pod):
@@ -328,7 +348,8 @@ class FakeKubeScheduler:
                 break
             if not bound:
                 await self._default_bind(namespace, name, uid, host)
-        except (ExtenderError, ApiError) as exc:
+        except (DraBindError, ExtenderError, ApiError) as exc:
+            self._dra.unreserve(pod)
             await self._record_failure(pod, REASON_SCHEDULER_ERROR, f"binding rejected: {exc}")
             self._assumed.pop(key, None)
             self._requeue(key, entry, parked=False)
@@ -442,8 +463,10 @@ class FakeKubeScheduler:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._pods.run(), name=f"{self._component}: watch pods")
                 tg.create_task(self._nodes.run(), name=f"{self._component}: watch nodes")
+                tg.create_task(self._dra.run(), name=f"{self._component}: dynamic resources")
                 await self._pods.synced.wait()
                 await self._nodes.synced.wait()
+                await self._dra.synced.wait()
                 self.ready.set()
                 await self._loop(tg)
         finally:

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from hami.core import keys
+from hami.core.errors import ConfigError
+from hami.core.mockgpu import mock_gpu_document, mock_gpu_specs
+from hami.core.vendors import MOCK_VENDOR_NAMES, NodePublication, mock_vendor
 from hami.simulator.kubelet import RUN_SECONDS_ANNOTATION
 
 JsonObj = dict[str, Any]
@@ -27,6 +31,9 @@ DEFAULT_IMAGE: Final = "registry.k8s.io/pause:3.10"
 LABEL_GPU_PRODUCT: Final = "nvidia.com/gpu.product"
 LABEL_GPU_COUNT: Final = "nvidia.com/gpu.count"
 LABEL_GPU_MEMORY: Final = "nvidia.com/gpu.memory"
+NVIDIA_VENDOR: Final = "nvidia"
+LABEL_VENDOR: Final = "hami.io/simulated-vendor"
+"""Label of simulated nodes whose devices impersonate another vendor's node agent."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,10 +51,29 @@ class NodeSpec:
     labels: Mapping[str, str] = field(default_factory=dict)
     taints: tuple[Mapping[str, str], ...] = ()
     unschedulable: bool = False
+    vendor: str = NVIDIA_VENDOR
+    """Whose devices the node has: ``nvidia`` (served by a mock device-plugin process) or a
+    :data:`~hami.core.vendors.MOCK_VENDOR_NAMES` vendor, whose registration annotations and
+    capacity are written into the Node at creation, as that vendor's plugin would publish them
+    (``gpus`` devices of the vendor's default card)."""
+
+    @property
+    def nvidia(self) -> bool:
+        return self.vendor == NVIDIA_VENDOR
+
+    def vendor_publication(self, now: datetime | None = None) -> NodePublication | None:
+        """What the impersonated vendor's plugin publishes for this node (None for NVIDIA)."""
+        if self.nvidia:
+            return None
+        return mock_vendor(self.vendor).impersonate(
+            self.name, self.gpus, memory_mib=None, now=now if now is not None else datetime.now(UTC)
+        )
 
     def mock_gpu_document(self) -> JsonObj:
-        """The mock device-plugin backend's GPU file (``{"count", "model", "memory"}``)."""
-        return {"count": self.gpus, "model": self.gpu_model, "memory": self.gpu_memory_mib}
+        """The node's mock GPU file (``{"gpus": [{"uuid", "model", "memory", ...}]}``), read by the
+        device plugin, DRA plugin and monitor mock backends: every role names the same UUIDs."""
+        specs = mock_gpu_specs(self.name, self.gpus, model=self.gpu_model, memory_mib=self.gpu_memory_mib)
+        return mock_gpu_document(specs)
 
 
 def gpu_label_value(model: str) -> str:
@@ -58,20 +84,22 @@ def gpu_label_value(model: str) -> str:
 
 def node_manifest(spec: NodeSpec) -> JsonObj:
     """A Node as its kubelet registers it (capacity = allocatable; devices come from plugins)."""
+    nvidia_gpus = spec.gpus > 0 and spec.nvidia
     labels = {
         "kubernetes.io/hostname": spec.name,
         "kubernetes.io/os": "linux",
         "kubernetes.io/arch": "amd64",
-        **({GPU_NODE_LABEL: GPU_NODE_LABEL_VALUE} if spec.gpus > 0 else {}),
+        **({GPU_NODE_LABEL: GPU_NODE_LABEL_VALUE} if nvidia_gpus else {}),
         **(
             {
                 LABEL_GPU_PRODUCT: gpu_label_value(spec.gpu_model),
                 LABEL_GPU_COUNT: str(spec.gpus),
                 LABEL_GPU_MEMORY: str(spec.gpu_memory_mib),
             }
-            if spec.gpus > 0
+            if nvidia_gpus
             else {}
         ),
+        **({} if spec.nvidia else {LABEL_VENDOR: spec.vendor}),
         **spec.labels,
     }
     resources = {
@@ -80,6 +108,12 @@ def node_manifest(spec: NodeSpec) -> JsonObj:
         "pods": str(spec.pods),
         "ephemeral-storage": spec.ephemeral_storage,
     }
+    metadata: JsonObj = {"name": spec.name, "labels": labels}
+    publication = spec.vendor_publication()
+    if publication is not None:
+        resources.update(publication.capacity)
+        if publication.annotations:
+            metadata["annotations"] = dict(publication.annotations)
     node_spec: JsonObj = {}
     if spec.taints:
         node_spec["taints"] = [dict(t) for t in spec.taints]
@@ -88,7 +122,7 @@ def node_manifest(spec: NodeSpec) -> JsonObj:
     return {
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {"name": spec.name, "labels": labels},
+        "metadata": metadata,
         "spec": node_spec,
         "status": {"capacity": dict(resources), "allocatable": dict(resources)},
     }
@@ -204,3 +238,55 @@ def gpu_pod(
         run_seconds=run_seconds,
         node_name=node_name,
     )
+
+
+def parse_vendor_mix(text: str) -> tuple[tuple[str, int], ...]:
+    """``nvidia:2,cambricon:1,hygon:1`` → ((vendor, nodes), ...); ConfigError naming the bad item."""
+    mix: list[tuple[str, int]] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        vendor, sep, count = item.partition(":")
+        vendor = vendor.strip().lower()
+        if vendor not in MOCK_VENDOR_NAMES:
+            raise ConfigError(
+                "--vendor-mix", f"unknown vendor {vendor!r}; known: {', '.join(MOCK_VENDOR_NAMES)}"
+            )
+        try:
+            nodes = int(count) if sep else 1
+        except ValueError:
+            raise ConfigError("--vendor-mix", f"{item!r}: the node count must be an integer") from None
+        if nodes < 0:
+            raise ConfigError("--vendor-mix", f"{item!r}: the node count must be >= 0")
+        mix.append((vendor, nodes))
+    if not mix:
+        raise ConfigError("--vendor-mix", "expected vendor:count items, e.g. nvidia:2,cambricon:1")
+    return tuple(mix)
+
+
+def vendor_node_specs(
+    mix: Sequence[tuple[str, int]],
+    *,
+    gpus_per_node: int,
+    gpu_model: str = DEFAULT_GPU_MODEL,
+    gpu_memory_mib: int = DEFAULT_GPU_MEMORY_MIB,
+) -> tuple[NodeSpec, ...]:
+    """Nodes for a vendor mix: NVIDIA nodes ``node-1``, ``node-2``...; the others ``<vendor>-1``...,
+    each with ``gpus_per_node`` devices (NVIDIA: of ``gpu_model``; others: the vendor's card)."""
+    specs: list[NodeSpec] = []
+    seen: dict[str, int] = {}
+    for vendor, nodes in mix:
+        for _ in range(nodes):
+            seen[vendor] = seen.get(vendor, 0) + 1
+            prefix = "node" if vendor == NVIDIA_VENDOR else vendor
+            specs.append(
+                NodeSpec(
+                    name=f"{prefix}-{seen[vendor]}",
+                    gpus=gpus_per_node,
+                    gpu_model=gpu_model,
+                    gpu_memory_mib=gpu_memory_mib,
+                    vendor=vendor,
+                )
+            )
+    return tuple(specs)

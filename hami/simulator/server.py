@@ -8,6 +8,7 @@ Start it in-process::
                                      #   delete/watch/compact); hami.simulator.binding.bind_pod(store, ...)
         srv.write_kubeconfig(path)   # kubeconfig for kubectl / kubernetes-asyncio (context "hami-sim")
         srv.faults.add(FaultRule(path_prefix="/api/v1/pods", status=429, retry_after_s=1))
+        srv.chaos.pause(); srv.chaos.drop_watches("pods")   # hami.simulator.chaos: pause, watch faults
 
 Supported (semantics of k8s-apis.md §6, checklist §10):
 
@@ -65,6 +66,7 @@ from aiohttp import web
 from hami.simulator import discovery
 from hami.simulator.admission import AdmissionAttributes, AdmissionChain, Operation, ServiceResolver
 from hami.simulator.binding import bind_pod
+from hami.simulator.chaos import ApiChaos
 from hami.simulator.conversions import from_view, to_view
 from hami.simulator.faults import FaultRule, Faults
 from hami.simulator.patching import apply_patch, media_type, unsupported_media_type
@@ -119,6 +121,7 @@ class ApiServer:
         self.settings = settings or ApiServerSettings()
         self.store = store or Store(history_size=self.settings.history_size)
         self.faults = Faults()
+        self.chaos = ApiChaos(self.faults)
         self.admission = AdmissionChain(self.store, resolver=self.settings.webhook_service_resolver)
         self.ready = True
         self._runner: web.AppRunner | None = None
@@ -214,8 +217,12 @@ class ApiServer:
     async def _middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        rule = self.faults.take(request.method, request.path) if self.faults.rules else None
+        if self.chaos.paused:
+            await self.chaos.wait_running()
+        rule = self.faults.take(request.method, request.path, request.query) if self.faults.rules else None
         if rule is not None:
+            if rule.hang:
+                await asyncio.get_running_loop().create_future()  # until the client gives up
             if rule.delay_s:
                 await asyncio.sleep(rule.delay_s)
             if rule.drop and request.transport is not None:
@@ -417,6 +424,7 @@ class ApiServer:
                     too_large_rv_wait_s=settings.too_large_rv_wait_s,
                     queue_limit=settings.watch_queue_limit,
                     view=view,
+                    hooks=self.chaos,
                 ),
             )
         rv = opts.resource_version

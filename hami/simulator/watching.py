@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
@@ -25,6 +25,23 @@ from hami.simulator.watchers import Watcher, WatchItem
 
 JsonObj = dict[str, Any]
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+
+
+class WatchHooks(Protocol):
+    """Fault injection around watch streams (:class:`hami.simulator.chaos.ApiChaos`)."""
+
+    def admit_watch(self, rt: ResourceType, resource_version: str) -> None:
+        """May raise a StatusError (sent as the stream's ERROR event)."""
+
+    def watch_opened(self, watcher: Watcher) -> None: ...
+
+    def watch_closed(self, watcher: Watcher) -> None: ...
+
+    def watch_aborted(self, watcher: Watcher) -> bool:
+        """Whether the stream must end by closing the connection instead of a clean end."""
+
+    async def deliver(self, watcher: Watcher, items: list[WatchItem]) -> list[WatchItem]:
+        """The batch to write instead of ``items`` (may wait, add what arrived meanwhile, reorder)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,6 +59,7 @@ class WatchRequest:
     queue_limit: int
     view: Callable[[JsonObj], JsonObj] | None = None
     """Converts a stored object to what this client asked for (API version, Table); None = as stored."""
+    hooks: WatchHooks | None = None
 
 
 def _bookmark(rt: ResourceType, rv: int, *, initial_end: bool = False) -> JsonObj:
@@ -80,6 +98,8 @@ async def serve_watch(request: web.Request, store: Store, watch: WatchRequest) -
             await response.write_eof()
             return response
     try:
+        if watch.hooks is not None:
+            watch.hooks.admit_watch(rt, watch.resource_version)
         watcher, initial = store.watch(
             rt,
             watch.namespace,
@@ -98,14 +118,23 @@ async def serve_watch(request: web.Request, store: Store, watch: WatchRequest) -
         # Synchronously after the backlog: nothing can interleave, so this RV covers the initial state.
         watcher.items.append(WatchItem("BOOKMARK", _bookmark(rt, store.resource_version, initial_end=True)))
         watcher.wakeup.set()
+    if watch.hooks is not None:
+        watch.hooks.watch_opened(watcher)
+    aborted = False
     try:
         response = await _open(request)
         await _pump(response, store, watcher, watch)
-        await response.write_eof()
+        aborted = watch.hooks is not None and watch.hooks.watch_aborted(watcher)
+        if not aborted:
+            await response.write_eof()
     except (ConnectionResetError, ConnectionError):
         pass
     finally:
         store.stop_watch(watcher)
+        if watch.hooks is not None:
+            watch.hooks.watch_closed(watcher)
+    if aborted and request.transport is not None:
+        request.transport.close()  # mid-stream: the client sees a broken chunked transfer
     return response
 
 
@@ -115,6 +144,8 @@ async def _pump(response: web.StreamResponse, store: Store, watcher: Watcher, wa
     next_bookmark = start + watch.bookmark_interval_s
     while True:
         items = watcher.take()
+        if items and watch.hooks is not None:
+            items = await watch.hooks.deliver(watcher, items)
         if items:
             await response.write(b"".join(_encode(item, watch.view) for item in items))
         if watcher.closed is not None:

@@ -1,7 +1,8 @@
 """A GPU-less backend for the embedded cluster and CI.
 
-GPUs come from flags (count, model, memory) or from a YAML/JSON file. UUIDs are derived
-from the node name and index, so every restart of a mock plugin registers the same devices.
+GPUs come from flags (count, model, memory) or from a YAML/JSON file (:mod:`hami.core.mockgpu`).
+UUIDs are derived from the node name and index, so every restart of a mock plugin registers the
+same devices, and the monitor and the DRA plugin of a mock node name the same GPUs.
 Health changes are injected: by tests through :meth:`MockBackend.inject_xid` /
 :meth:`MockBackend.inject`, and by other processes through an optional *health file*
 (``{"unhealthy": {"<uuid>": "<reason>"}}``) polled once a second.
@@ -12,108 +13,57 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid as uuidlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from hami.core.errors import ConfigError
+from hami.core.mockgpu import (
+    DEFAULT_MOCK_MEMORY_MIB,
+    DEFAULT_MOCK_MODEL,
+    MockGpu,
+    mock_gpu_specs,
+    mock_gpu_uuid,
+    parse_mock_gpu_document,
+    parse_mock_gpu_text,
+)
 from hami.deviceplugin.backend import HealthEvent, HealthPolicy, PhysicalGpu, Topology
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "NVIDIA A100-PCIE-40GB"
-DEFAULT_MEMORY_MIB = 40960
-# Fixed namespace so that mock UUIDs are stable across processes and machines.
-_MOCK_NAMESPACE = uuidlib.UUID("6f1d3a52-6a43-4a3e-9c1b-2f0f3e5a7d11")
+DEFAULT_MODEL = DEFAULT_MOCK_MODEL
+DEFAULT_MEMORY_MIB = DEFAULT_MOCK_MEMORY_MIB
 
 
 def mock_uuid(node_name: str, index: int) -> str:
     """Deterministic NVIDIA-style UUID for GPU ``index`` of mock node ``node_name``."""
-    return "GPU-" + str(uuidlib.uuid5(_MOCK_NAMESPACE, f"{node_name}/{index}"))
+    return mock_gpu_uuid(node_name, index)
+
+
+def physical_gpus(specs: tuple[MockGpu, ...]) -> tuple[PhysicalGpu, ...]:
+    return tuple(
+        PhysicalGpu(
+            uuid=g.uuid,
+            index=g.index,
+            name=g.model,
+            memory_mib=g.memory_mib,
+            pci_bus_id=g.pci_bus_id,
+            numa_node=g.numa_node,
+            minor_number=g.index,
+            compute_capability=g.compute_capability,
+        )
+        for g in specs
+    )
 
 
 def mock_gpus(
     node_name: str, count: int, *, model: str = DEFAULT_MODEL, memory_mib: int = DEFAULT_MEMORY_MIB
 ) -> tuple[PhysicalGpu, ...]:
-    if count < 0:
-        raise ConfigError("--mock-gpus", f"must be >= 0, got {count}")
-    if memory_mib <= 0:
-        raise ConfigError("--mock-memory", f"must be > 0 MiB, got {memory_mib}")
-    if not model.strip():
-        raise ConfigError("--mock-model", "must not be empty")
-    return tuple(
-        PhysicalGpu(
-            uuid=mock_uuid(node_name, i),
-            index=i,
-            name=model,
-            memory_mib=memory_mib,
-            pci_bus_id=f"0000:{0x10 + i:02x}:00.0",
-            numa_node=None,
-            minor_number=i,
-            compute_capability="8.0",
-        )
-        for i in range(count)
-    )
-
-
-def _int_field(entry: Mapping[str, Any], key: str, where: str, default: int | None = None) -> int:
-    value = entry.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{where}.{key}", f"expected an integer, got {value!r}")
-    return value
+    return physical_gpus(mock_gpu_specs(node_name, count, model=model, memory_mib=memory_mib))
 
 
 def gpus_from_document(node_name: str, doc: object, *, source: str) -> tuple[PhysicalGpu, ...]:
-    """Parse a mock GPU file.
-
-    Either ``{"count": N, "model": M, "memory": MiB}`` or ``{"gpus": [{...}, ...]}`` where each
-    entry may set ``uuid``, ``name``/``model``, ``memory`` (MiB), ``numa``, ``pciBusId``,
-    ``computeCapability``; missing UUIDs are derived like :func:`mock_uuid`.
-    """
-    if not isinstance(doc, Mapping):
-        raise ConfigError(source, "expected a mapping at the top level")
-    if "gpus" not in doc:
-        return mock_gpus(
-            node_name,
-            _int_field(doc, "count", source),
-            model=str(doc.get("model", DEFAULT_MODEL)),
-            memory_mib=_int_field(doc, "memory", source, DEFAULT_MEMORY_MIB),
-        )
-    entries = doc["gpus"]
-    if not isinstance(entries, list):
-        raise ConfigError(f"{source}.gpus", "expected a list")
-    gpus: list[PhysicalGpu] = []
-    seen: set[str] = set()
-    for i, entry in enumerate(entries):
-        where = f"{source}.gpus[{i}]"
-        if not isinstance(entry, Mapping):
-            raise ConfigError(where, "expected a mapping")
-        uuid = str(entry.get("uuid") or mock_uuid(node_name, i))
-        if uuid in seen:
-            raise ConfigError(f"{where}.uuid", f"duplicate UUID {uuid}")
-        seen.add(uuid)
-        memory = _int_field(entry, "memory", where, DEFAULT_MEMORY_MIB)
-        if memory <= 0:
-            raise ConfigError(f"{where}.memory", f"must be > 0 MiB, got {memory}")
-        numa = entry.get("numa")
-        if numa is not None and (isinstance(numa, bool) or not isinstance(numa, int)):
-            raise ConfigError(f"{where}.numa", f"expected an integer or null, got {numa!r}")
-        gpus.append(
-            PhysicalGpu(
-                uuid=uuid,
-                index=i,
-                name=str(entry.get("name", entry.get("model", DEFAULT_MODEL))),
-                memory_mib=memory,
-                pci_bus_id=str(entry.get("pciBusId", f"0000:{0x10 + i:02x}:00.0")),
-                numa_node=numa if numa is None or numa >= 0 else None,
-                minor_number=i,
-                compute_capability=str(entry.get("computeCapability", "8.0")),
-            )
-        )
-    return tuple(gpus)
+    """Parse a mock GPU file (:mod:`hami.core.mockgpu` describes both forms)."""
+    return physical_gpus(parse_mock_gpu_document(node_name, doc, source=source))
 
 
 def load_gpu_file(node_name: str, path: Path) -> tuple[PhysicalGpu, ...]:
@@ -121,11 +71,7 @@ def load_gpu_file(node_name: str, path: Path) -> tuple[PhysicalGpu, ...]:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(str(path), f"cannot read mock GPU file: {e}") from e
-    try:
-        doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as e:
-        raise ConfigError(str(path), f"not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from e
-    return gpus_from_document(node_name, doc, source=str(path))
+    return physical_gpus(parse_mock_gpu_text(node_name, text, source=str(path)))
 
 
 class MockBackend:

@@ -105,9 +105,16 @@ extender (followers answer /readyz with 503). One replica: the extender beside i
 {{- end -}}
 {{- end -}}
 
-{{/* Every resource name the extender manages (kube-scheduler's NodeResourcesFit ignores them). */}}
+{{/* Every resource name the extender manages (kube-scheduler's NodeResourcesFit ignores them):
+NVIDIA's, the enabled vendors' (devices.<vendor>.customresources), then the extra ones. */}}
 {{- define "hami.managedResources" -}}
 {{- $names := list .Values.resourceName .Values.resourceMem .Values.resourceMemPercentage .Values.resourceCores .Values.resourcePriority -}}
+{{- range $vendor := list "cambricon" "hygon" "iluvatar" "ascend" "metax" "mthreads" "enflame" "kunlun" "awsneuron" "amd" -}}
+{{- $cfg := get $.Values.devices $vendor -}}
+{{- if and $cfg $cfg.enabled -}}
+{{- $names = concat $names $cfg.customresources -}}
+{{- end -}}
+{{- end -}}
 {{- range concat $names .Values.scheduler.extender.extraManagedResources | uniq }}
 - name: {{ . | quote }}
   ignoredByScheduler: true

@@ -10,7 +10,8 @@ import yaml
 from hami.core.dra_translate import DRIVER_NAME
 from hami.dra.devices import mock_gpus
 from hami.dra.slices import resource_slice
-from hami.simulator.dra_allocator import CelSelectors, cel_device
+from hami.simulator.dra_cel import CelSelectors, cel_device
+from hami.simulator.dra_driver import device_class_manifest
 
 CHART = Path(__file__).resolve().parents[3] / "helm" / "hami"
 
@@ -35,6 +36,8 @@ def test_device_class_only_when_dra_is_enabled(helm: Path, tmp_path: Path) -> No
     assert device_class["apiVersion"] == "resource.k8s.io/v1"
     assert device_class["metadata"]["name"] == DRIVER_NAME
     assert "extendedResourceName" not in device_class["spec"]
+    # The embedded cluster's --dra installs the same class.
+    assert device_class["spec"] == device_class_manifest()["spec"]
     (selector,) = device_class["spec"]["selectors"]
     cel = CelSelectors()
     slice_ = resource_slice("n", DRIVER_NAME, mock_gpus("n", 2))

@@ -1,45 +1,61 @@
-"""End to end in DRA mode: a Deployment of 3 replicas asking nvidia.com/gpu: 1, gpumem: 4000.
+"""End to end in DRA mode, through the embedded cluster: a Deployment of 3 replicas asking
+``nvidia.com/gpu: 1, gpumem: 4000``.
 
-Real pieces: the simulated API server, the DRA plugin per node (slices, registration, prepare over
-its Unix socket), the claim translation (as the webhook applies it), the resourceclaim controller,
-the allocator and the kubelet DRA manager. The scheduling and kubelet loops here only call the
-hooks in the order the fake kube-scheduler and fake kubelet will (filter → reserve → pre_bind →
-bind; prepare on admission, unprepare on deletion), until those are wired into the embedded cluster.
+Everything runs on its real path: the webhook's translation (templates + patch applied as the
+webhook would), the resourceclaim controller, the fake kube-scheduler's DynamicResources plugin,
+the fake kubelets calling ``NodePrepareResources`` / ``NodeUnprepareResources`` over the Unix
+sockets of real ``hami dra-plugin`` processes, and the CDI specs those processes write.
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dra_fixtures import DEVICE_CLASS, RunningPlugin, create_node, eventually, plugin_config
+import pytest
+from dra_fixtures import SLICES, eventually
 
 from hami.core.dra_translate import DRIVER_NAME, translate_pod
-from hami.dra.devices import mock_gpus
-from hami.k8s.client import HttpKubeApi
-from hami.simulator.dra_allocator import DraScheduling
-from hami.simulator.dra_controller import KubeletDra, ResourceClaimController, resolve_cdi
+from hami.dra.slices import validate_resource_slice
+from hami.simulator.cluster import EmbeddedCluster
+from hami.simulator.kubelet import REASON_DRA_PREPARE, RUN_SECONDS_ANNOTATION, KubeletSettings
 from hami.simulator.patching import json_patch
 from hami.simulator.restclient import ApiError, RestClient, pod_path
+from hami.simulator.scenario import NodeSpec
 
-NODES = ("node-1", "node-2")
 NS = "demo"
 CLAIMS = f"/apis/resource.k8s.io/v1/namespaces/{NS}/resourceclaims"
+GPU_MIB = 10000  # one GPU per node: two 4000 MiB shares fit on it, a third does not
+FAST = KubeletSettings(
+    heartbeat_interval=0.3, dra_registry_poll=0.05, dra_retry_initial=0.1, dra_retry_max=0.5
+)
 
 
-def replica() -> dict[str, Any]:
+def nodes(*names: str) -> tuple[NodeSpec, ...]:
+    return tuple(NodeSpec(name=n, gpus=1, gpu_model="NVIDIA A10", gpu_memory_mib=GPU_MIB) for n in names)
+
+
+def replica(gpumem: int = 4000, annotations: dict[str, str] | None = None) -> dict[str, Any]:
     """What the ReplicaSet controller submits: a generated name, so admission sees no name."""
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"generateName": "web-5d8f7c-", "namespace": NS, "labels": {"app": "web"}},
+        "metadata": {
+            "generateName": "web-5d8f7c-",
+            "namespace": NS,
+            "labels": {"app": "web"},
+            "annotations": annotations or {},
+        },
         "spec": {
             "containers": [
                 {
                     "name": "cuda",
                     "image": "cuda",
-                    "resources": {"limits": {"nvidia.com/gpu": "1", "nvidia.com/gpumem": "4000", "cpu": "1"}},
+                    "resources": {
+                        "limits": {"nvidia.com/gpu": "1", "nvidia.com/gpumem": str(gpumem), "cpu": "1"}
+                    },
                 }
             ]
         },
@@ -57,145 +73,172 @@ async def admit(rest: RestClient, pod: dict[str, Any]) -> dict[str, Any]:
     return await rest.create(f"/api/v1/namespaces/{NS}/pods", json_patch(pod, list(translation.patch)))
 
 
-async def schedule(rest: RestClient, dra: DraScheduling, bound: dict[str, str]) -> None:
-    """One pass of a first-fit scheduler using the DRA hooks."""
-    pods = (await rest.get(f"/api/v1/namespaces/{NS}/pods"))["items"]
-    for pod in pods:
-        meta = pod["metadata"]
-        if pod["spec"].get("nodeName") or meta.get("deletionTimestamp"):
-            continue
-        host = next((n for n in NODES if not dra.filter(pod, n)), None)
-        if host is None:
-            continue
-        dra.reserve(pod, host)
-        try:
-            await dra.pre_bind(pod)
-            await rest.create(
-                pod_path(NS, meta["name"], "binding"),
-                {
-                    "metadata": {"name": meta["name"], "uid": meta["uid"]},
-                    "target": {"kind": "Node", "name": host},
-                },
-            )
-        except Exception:
-            dra.unreserve(pod)
-            raise
-        bound[meta["name"]] = host
+def phase(value: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda pod: (pod.get("status") or {}).get("phase") == value
 
 
-async def test_three_replicas_share_gpus_by_capacity_and_deleting_frees_everything(
-    kube: HttpKubeApi, rest: RestClient, dra_dir: Path
-) -> None:
-    await rest.create("/api/v1/namespaces", {"metadata": {"name": NS}})
-    await rest.create("/apis/resource.k8s.io/v1/deviceclasses", DEVICE_CLASS)
-    plugins: dict[str, RunningPlugin] = {}
-    kubelets: dict[str, KubeletDra] = {}
-    tasks: list[asyncio.Task[None]] = []
-    dra = DraScheduling(rest)
-    controller = ResourceClaimController(rest, resync_s=0.2)
+def checkpoint_claims(cluster: EmbeddedCluster, node: str) -> dict[str, Any]:
+    path = cluster.node(node).dra_layout.plugin_dir / "prepared-claims.json"
+    return dict(json.loads(path.read_text())["claims"]) if path.exists() else {}
+
+
+def cdi_specs(cluster: EmbeddedCluster, node: str) -> list[Path]:
+    return sorted(cluster.kubelet(node).dra.cdi_dir.glob("*.json"))
+
+
+async def gone(rest: RestClient, path: str) -> bool:
     try:
-        for node in NODES:
-            await create_node(rest, node)
-            # One 10000 MiB GPU per node: two 4000 MiB shares fit on node-1, the third goes to node-2.
-            plugins[node] = RunningPlugin(
-                plugin_config(dra_dir, node), mock_gpus(node, 1, memory_mib=10000), kube
-            )
-            await plugins[node].start()
-            kubelets[node] = KubeletDra(rest, plugins[node].config.registry_dir, poll_s=0.05)
-            tasks.append(asyncio.create_task(kubelets[node].run()))
-            await kubelets[node].wait_for_driver(DRIVER_NAME)
-        tasks.append(asyncio.create_task(dra.run()))
-        tasks.append(asyncio.create_task(controller.run()))
-        await asyncio.wait_for(dra.synced.wait(), 10)
-        await asyncio.wait_for(controller.ready.wait(), 10)
+        await rest.get(path)
+    except ApiError as e:
+        return e.code == 404
+    return False
+
+
+@pytest.mark.slow
+async def test_three_replicas_share_gpus_by_capacity_and_deleting_frees_everything(dra_dir: Path) -> None:
+    async with EmbeddedCluster.running(
+        nodes=nodes("node-1", "node-2"),
+        state_dir=dra_dir,
+        kubelet_settings=FAST,
+        dra=True,
+        start_dra_plugins=True,
+    ) as cluster:
+        rest = cluster.client
+        await rest.create("/api/v1/namespaces", {"metadata": {"name": NS}})
+        assert sorted(cluster.dra_plugins) == ["node-1", "node-2"]
+        slices = (await rest.get(SLICES))["items"]
+        assert sorted(s["spec"]["nodeName"] for s in slices) == ["node-1", "node-2"]
+        assert all(validate_resource_slice(s) == [] for s in slices)
+        uuids = {
+            s["spec"]["nodeName"]: s["spec"]["devices"][0]["attributes"]["uuid"]["string"] for s in slices
+        }
+        assert all(DRIVER_NAME in cluster.kubelet(n).dra.plugins.drivers for n in ("node-1", "node-2"))
 
         created = [await admit(rest, replica()) for _ in range(3)]
         names = [p["metadata"]["name"] for p in created]
         assert len(set(names)) == 3
-        templates = (await rest.get(f"/apis/resource.k8s.io/v1/namespaces/{NS}/resourceclaimtemplates"))[
-            "items"
-        ]
-        assert [t["metadata"]["name"] for t in templates] == ["hami-gpu-1x4000mi-0c"]
-
-        bound: dict[str, str] = {}
-
-        async def all_bound() -> bool:
-            await schedule(rest, dra, bound)
-            return len(bound) == 3
-
-        await eventually(all_bound, within=15, poll=0.1)
+        running = {n: await cluster.wait_for_pod(NS, n, phase("Running"), within=30) for n in names}
+        bound = {n: p["spec"]["nodeName"] for n, p in running.items()}
         assert sorted(bound.values()) == ["node-1", "node-1", "node-2"]
 
-        # The kubelets prepare what was bound to them.
-        envs: dict[str, dict[str, str]] = {}
-        for name, node in bound.items():
-            pod = await rest.get(pod_path(NS, name))
-            devices = await kubelets[node].prepare_pod(pod)
-            envs[name] = dict(resolve_cdi([plugins[node].config.cdi_dir], devices.containers["cuda"]).env)
-
-        claims = (await rest.get(CLAIMS))["items"]
+        # Three claims, one per pod, made from the one shared template and sharing GPUs by capacity.
+        claims = {c["metadata"]["name"]: c for c in (await rest.get(CLAIMS))["items"]}
         assert len(claims) == 3
-        by_pod = {}
-        for claim in claims:
+        results: dict[str, dict[str, Any]] = {}
+        for name, pod in running.items():
+            (status,) = pod["status"]["resourceClaimStatuses"]
+            claim = claims[status["resourceClaimName"]]
             owner = claim["metadata"]["ownerReferences"][0]
-            assert claim["metadata"]["name"].startswith(f"{owner['name']}-hami-gpu-cuda-")
-            assert (
-                claim["metadata"]["annotations"]["resource.kubernetes.io/pod-claim-name"] == "hami-gpu-cuda"
-            )
+            assert (owner["name"], owner["uid"]) == (name, pod["metadata"]["uid"])
             assert "resource.kubernetes.io/delete-protection" in claim["metadata"]["finalizers"]
-            (result,) = claim["status"]["allocation"]["devices"]["results"]
-            assert result["consumedCapacity"] == {"cores": "0", "memory": "4000Mi"}
             assert claim["status"]["reservedFor"] == [
-                {"resource": "pods", "name": owner["name"], "uid": owner["uid"]}
+                {"resource": "pods", "name": name, "uid": pod["metadata"]["uid"]}
             ]
-            by_pod[owner["name"]] = result
-        shared = [r for n, r in by_pod.items() if bound[n] == "node-1"]
+            (result,) = claim["status"]["allocation"]["devices"]["results"]
+            assert (result["driver"], result["pool"]) == (DRIVER_NAME, bound[name])
+            assert result["consumedCapacity"] == {"cores": "0", "memory": "4000Mi"}
+            results[name] = result
+        shared = [r for n, r in results.items() if bound[n] == "node-1"]
         assert {r["device"] for r in shared} == {"hami-gpu-0"} and len({r["shareID"] for r in shared}) == 2
 
+        # Each pod was prepared by its own node's kubelet, which recorded the CDI edits.
         for name, node in bound.items():
-            pod = await rest.get(pod_path(NS, name))
-            (status,) = pod["status"]["resourceClaimStatuses"]
-            assert status["name"] == "hami-gpu-cuda"
-            gpu = mock_gpus(node, 1, memory_mib=10000)[0]
-            claim_uid = next(
-                c["metadata"]["uid"] for c in claims if c["metadata"]["name"] == status["resourceClaimName"]
-            )
-            assert envs[name] == {
-                "NVIDIA_VISIBLE_DEVICES": gpu.uuid,
+            pod = running[name]
+            claim_name = pod["status"]["resourceClaimStatuses"][0]["resourceClaimName"]
+            claim_uid = claims[claim_name]["metadata"]["uid"]
+            record = cluster.kubelet(node).record(NS, name)
+            assert record is not None and record.phase == "Running" and record.claims == (claim_name,)
+            (devices,) = record.dra
+            assert devices.claims == {claim_name: (f"k8s.{DRIVER_NAME}/claim={claim_uid}-hami-gpu-0",)}
+            assert record.envs("cuda") == {
+                "NVIDIA_VISIBLE_DEVICES": uuids[node],
                 "CUDA_DEVICE_MEMORY_LIMIT_0": "4000m",
                 "CUDA_DEVICE_SM_LIMIT": "0",
                 "CUDA_DEVICE_MEMORY_SHARED_CACHE": f"/usr/local/vgpu/{claim_uid}.cache",
                 "LIBCUDA_LOG_LEVEL": "1",
             }
-        assert len(list(plugins["node-1"].config.cdi_dir.glob("*.json"))) == 2
-        assert len(list(plugins["node-2"].config.cdi_dir.glob("*.json"))) == 1
+            other = "node-2" if node == "node-1" else "node-1"
+            assert cluster.kubelet(other).record(NS, name) is None
+            listing = json.loads((cluster.node(node).state_dir / "pod-resources.json").read_text())
+            (entry,) = [p for p in listing["podResources"] if p["name"] == name]
+            (container,) = entry["containers"]
+            assert container["dynamicResources"][0]["claimName"] == claim_name
+        assert [len(cdi_specs(cluster, n)) for n in ("node-1", "node-2")] == [2, 1]
+        assert [len(checkpoint_claims(cluster, n)) for n in ("node-1", "node-2")] == [2, 1]
 
-        # Delete the Deployment: pods go, kubelets unprepare, claims are released and deleted.
-        for name, node in bound.items():
-            pod = await rest.get(pod_path(NS, name))
-            await rest.delete(pod_path(NS, name), grace_seconds=0)
-            assert await kubelets[node].unprepare_pod(pod["metadata"]["uid"]) == []
+        # Delete the Deployment: the replicas go (one force-deleted), kubelets unprepare,
+        # the controller deallocates and deletes the claims.
+        for name in names[:-1]:
+            await rest.delete(pod_path(NS, name))
+        await rest.delete(pod_path(NS, names[-1]), grace_seconds=0)
+        for name in names:
+            await eventually(lambda name=name: gone(rest, pod_path(NS, name)), within=30)
+        await eventually(lambda: _no_claims(rest), within=30)
+        for node in ("node-1", "node-2"):
+            await eventually(
+                lambda node=node: not cdi_specs(cluster, node) and not checkpoint_claims(cluster, node),
+                within=30,
+            )
+            assert cluster.kubelet(node).dra.plugins.prepared_claims() == {}
+            assert cluster.kubelet(node).pod_resources() == []
 
-        async def no_claims() -> bool:
-            return not (await rest.get(CLAIMS))["items"]
-
-        await eventually(no_claims, within=15)
-        for node in NODES:
-            assert list(plugins[node].config.cdi_dir.glob("*.json")) == []
-            assert plugins[node].plugin is not None and plugins[node].plugin.checkpoint.claims == {}
-        # Everything is free again: a new replica is scheduled onto node-1's GPU.
-        again = await admit(rest, replica())
-        bound.clear()
-        await eventually(lambda: _bound_one(rest, dra, bound), within=15, poll=0.1)
-        assert bound == {again["metadata"]["name"]: "node-1"}
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for runner in plugins.values():
-            await runner.stop()
+        # The slices' capacity is all free again: two pods wanting a whole GPU each both run.
+        whole = [await admit(rest, replica(gpumem=GPU_MIB)) for _ in range(2)]
+        placed = [
+            (await cluster.wait_for_pod(NS, p["metadata"]["name"], phase("Running"), within=30))["spec"][
+                "nodeName"
+            ]
+            for p in whole
+        ]
+        assert sorted(placed) == ["node-1", "node-2"]
 
 
-async def _bound_one(rest: RestClient, dra: DraScheduling, bound: dict[str, str]) -> bool:
-    await schedule(rest, dra, bound)
-    return len(bound) == 1
+async def _no_claims(rest: RestClient) -> bool:
+    return not (await rest.get(CLAIMS))["items"]
+
+
+@pytest.mark.slow
+async def test_prepare_waits_for_the_plugin_and_a_finished_pod_is_unprepared(dra_dir: Path) -> None:
+    async with EmbeddedCluster.running(
+        nodes=nodes("node-1"), state_dir=dra_dir, kubelet_settings=FAST, dra=True, start_dra_plugins=True
+    ) as cluster:
+        rest = cluster.client
+        await rest.create("/api/v1/namespaces", {"metadata": {"name": NS}})
+        kubelet = cluster.kubelet("node-1")
+        # The plugin goes away (its slice stays, so the pod is still scheduled there).
+        assert await cluster.stop_dra_plugin("node-1") == 0
+        await eventually(lambda: DRIVER_NAME not in kubelet.dra.plugins.drivers, within=30)
+
+        pod = await admit(rest, replica(annotations={RUN_SECONDS_ANNOTATION: "1"}))
+        name = pod["metadata"]["name"]
+
+        def waiting(p: dict[str, Any]) -> bool:
+            statuses = (p.get("status") or {}).get("containerStatuses") or []
+            return (
+                bool(statuses)
+                and statuses[0]["state"].get("waiting", {}).get("reason") == "ContainerCreating"
+            )
+
+        waiting_pod = await cluster.wait_for_pod(NS, name, waiting, within=30)
+        assert waiting_pod["status"]["phase"] == "Pending" and waiting_pod["spec"]["nodeName"] == "node-1"
+        record = kubelet.record(NS, name)
+        assert record is not None and record.reason == REASON_DRA_PREPARE
+        assert f"DRA driver {DRIVER_NAME} is not registered" in record.message
+
+        # The plugin comes back: the kubelet's retry prepares the claim and the pod runs.
+        await cluster.start_dra_plugin("node-1")
+        await cluster.wait_for_pod(NS, name, phase("Running"), within=30)
+        record = kubelet.record(NS, name)
+        assert (
+            record is not None
+            and record.reason == ""
+            and record.envs("cuda")["CUDA_DEVICE_MEMORY_LIMIT_0"] == "4000m"
+        )
+        assert len(cdi_specs(cluster, "node-1")) == 1
+
+        # It finishes after a second: unprepared, and its claim is released and deleted.
+        await cluster.wait_for_pod(NS, name, phase("Succeeded"), within=30)
+        await eventually(
+            lambda: not cdi_specs(cluster, "node-1") and not checkpoint_claims(cluster, "node-1"), within=30
+        )
+        await eventually(lambda: _no_claims(rest), within=30)

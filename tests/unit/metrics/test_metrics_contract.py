@@ -24,6 +24,7 @@ from hami.metrics.scheduler import (
 )
 from hami.monitor.gpuinfo import HostGpu
 from hami.monitor.metrics import ContainerUsage, MigDevice, MonitorCollector, MonitorSnapshot, VDeviceUsage
+from hami.scheduler.leadership import LeadershipCollector, LeadershipSnapshot
 
 DEV = ("nodeid", "deviceuuid", "deviceidx", "zone")
 VGPU = ("podnamespace", "nodename", "podname", "containeridx", "deviceuuid", "zone")
@@ -47,10 +48,14 @@ SCHEDULER: dict[str, tuple[str, frozenset[str]]] = {
     "vGPUMemoryAllocated": ("gauge", frozenset(VGPU)),
     "vGPUCoreAllocated": ("gauge", frozenset(VGPU)),
     "QuotaUsed": ("gauge", frozenset(("quotanamespace", "quotaName", "limit", "zone"))),
+    "hami_device_info": ("gauge", frozenset(("nodeid", "deviceuuid", "deviceidx", "vendor", "devicetype"))),
     "hami_webhook_duration_seconds": ("histogram", frozenset()),
     "hami_filter_duration_seconds": ("histogram", frozenset()),
     "hami_bind_duration_seconds": ("histogram", frozenset()),
     "hami_filter_failures_total": ("counter", frozenset({"reason"})),
+    "hami_leader": ("gauge", frozenset()),
+    "hami_leader_transitions_total": ("counter", frozenset()),
+    "hami_leader_renew_age_seconds": ("gauge", frozenset()),
 }
 
 MONITOR: dict[str, tuple[str, frozenset[str]]] = {
@@ -125,6 +130,13 @@ def check(registry: CollectorRegistry, contract: dict[str, tuple[str, frozenset[
         assert labelsets == {labels}, (name, labelsets)
 
 
+class RenewedLeader:
+    """A leadership that leads and renewed 0.5 s ago (every leader metric has a sample)."""
+
+    def snapshot(self) -> LeadershipSnapshot:
+        return LeadershipSnapshot(leading=True, transitions=2, renew_age=0.5, term=7)
+
+
 def test_scheduler_exposes_the_contract() -> None:
     registry = new_registry(BUILD_INFO)
     usage = SchedulerUsage(
@@ -146,6 +158,7 @@ def test_scheduler_exposes_the_contract() -> None:
     for hist in (instruments.webhook_seconds, instruments.filter_seconds, instruments.bind_seconds):
         hist.observe(0.01)
     instruments.filter_failed("CardInsufficientMemory")
+    registry.register(LeadershipCollector(RenewedLeader()))
     check(registry, SCHEDULER)
 
 
