@@ -27,6 +27,7 @@ from typing import Any, Final
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 
 from hami.cli._demo_pki import DemoPki, PkiUnavailable, make_pki
 from hami.cli._demo_processes import (
@@ -281,6 +282,10 @@ class DemoSession:
         self.gpu_model = gpu_model
         self.gpu_memory_mib = gpu_memory_mib
         self.webhook = False
+        # The scheduler's certificate chains to the demo's CA: verified like any HTTPS client.
+        self._tls: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(layout.pki.ca_cert)) if layout.pki is not None else True
+        )
 
     @property
     def processes(self) -> tuple[RoleProcess, ...]:
@@ -290,14 +295,9 @@ class DemoSession:
     def gpus(self) -> int:
         return sum(n.spec.gpus for n in self.cluster.nodes)
 
-    def _ssl(self) -> ssl.SSLContext | bool:
-        if self.layout.pki is None:
-            return True
-        return ssl.create_default_context(cafile=str(self.layout.pki.ca_cert))
-
     async def _get(self, url: str) -> tuple[int, bytes]:
         try:
-            async with self.http.get(url, ssl=self._ssl() if url.startswith("https") else True) as resp:
+            async with self.http.get(url, ssl=self._tls if url.startswith("https") else True) as resp:
                 return resp.status, await resp.read()
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             return 0, str(e).encode()
@@ -309,8 +309,6 @@ class DemoSession:
 
     async def why(self, namespace: str, name: str) -> tuple[int, Any]:
         """``hami why``'s request to the scheduler: (HTTP status, JSON body or error text)."""
-        import orjson  # the scheduler's JSON library; imported here to keep startup light
-
         status, body = await self._get(
             f"{self.layout.scheduler_url}/why/{quote(namespace, safe='')}/{quote(name, safe='')}"
         )

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Coroutine, Sequence
@@ -131,22 +132,25 @@ class Screen:
         self.tty = tty
         self._last_key: str | None = None
 
-    def line(self, text: str) -> None:
-        if not self.tty or self._last_key is None:
-            self.stream.write(text + "\n")
+    def _write(self, text: str) -> None:
+        # A closed terminal or pipe (the reader went away) must not stop the demo from stopping
+        # its processes and removing its state.
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.write(text)
             self.stream.flush()
 
+    def line(self, text: str) -> None:
+        self._write(text + "\n")
+
     def text(self, text: str) -> None:
-        self.stream.write(text)
-        self.stream.flush()
+        self._write(text)
 
     def frame(self, text: str, *, key: str) -> None:
         if self.tty:
-            self.stream.write(_CLEAR + text)
+            self._write(_CLEAR + text)
         elif key != self._last_key:
-            self.stream.write(("\n" if self._last_key is not None else "") + text)
+            self._write(("\n" if self._last_key is not None else "") + text)
         self._last_key = key
-        self.stream.flush()
 
 
 # ------------------------------------------------------------------------------------- the demo
@@ -377,21 +381,28 @@ async def _demo(options: DemoOptions, screen: Screen, stop: asyncio.Event) -> No
 
 async def _main(options: DemoOptions, stream: IO[str]) -> int:
     screen = Screen(stream, tty=stream.isatty())
+    loop = asyncio.get_running_loop()
     with handle_signals() as shutdown:
-        flow = asyncio.create_task(_demo(options, screen, shutdown.stopping), name="hami demo")
-        stopping = asyncio.create_task(shutdown.wait(), name="wait for stop signal")
+        # Closing the terminal (SIGHUP) stops like Ctrl-C; unlike a second Ctrl-C, a hangup that
+        # follows one (the terminal going away) must not skip the cleanup.
+        loop.add_signal_handler(signal.SIGHUP, shutdown.request_stop, "signal SIGHUP")
         try:
-            await asyncio.wait({flow, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            flow = asyncio.create_task(_demo(options, screen, shutdown.stopping), name="hami demo")
+            stopping = asyncio.create_task(shutdown.wait(), name="wait for stop signal")
+            try:
+                await asyncio.wait({flow, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopping.cancel()
+            if not flow.done():
+                # Signal: the flow's cleanup (stop roles, stop cluster, remove state) runs on cancel.
+                flow.cancel()
+            try:
+                await flow
+            except asyncio.CancelledError:
+                if not shutdown.is_stopping:
+                    raise
         finally:
-            stopping.cancel()
-        if not flow.done():
-            # Signal: the flow's cleanup (stop roles, stop cluster, remove state) runs on cancel.
-            flow.cancel()
-        try:
-            await flow
-        except asyncio.CancelledError:
-            if not shutdown.is_stopping:
-                raise
+            loop.remove_signal_handler(signal.SIGHUP)
         screen.line("hami demo: stopped")
         return 0
 

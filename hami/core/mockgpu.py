@@ -1,8 +1,9 @@
 """Mock GPUs shared by every role of a GPU-less node: one mock node, one set of UUIDs.
 
-The device plugin's and the DRA plugin's mock backends, the monitor's mock host GPUs and the
-embedded cluster's per-node GPU file all describe a mock GPU through this module, so the UUIDs the
-monitor reports (``HostGPUMemoryUsage{deviceuuid}``) are the ones the device plugin registers in
+The device plugin's and the DRA plugin's mock backends and the monitor's mock host GPUs all read
+a mock GPU through this module (``--mock-gpu-file``: the embedded cluster's per-node
+``mock-gpus.json``, or ``--mock-gpus N``), so the UUIDs the monitor reports
+(``HostGPUMemoryUsage{deviceuuid}``) are the ones the device plugin registers in
 ``hami.io/node-nvidia-register`` and the scheduler allocates.
 
 UUIDs are derived from the node name and index with a fixed UUIDv5 namespace: stable across

@@ -129,7 +129,10 @@ class HamiMonitor(Monitor):  # type: ignore[misc]  # aiomonitor ships no type in
 def _install_dispatcher(command: ConsoleCommand) -> None:
     existing = monitor_cli.commands.get(command.name)
     if existing is not None:
-        return  # a dispatcher is already there; it resolves per monitor
+        # A dispatcher is already there (it resolves the callable per monitor); its help text is
+        # shared, so the latest monitor's wins (roles differ in what e.g. ``ledger`` shows).
+        existing.help = command.help
+        return
 
     name = command.name
 

@@ -93,6 +93,7 @@ class Binder:
         tracker: HandoffTracker | None = None,
         fence: Fence | None = None,
         leadership: Leadership | None = None,
+        decided_at: Callable[[str], float | None] = lambda uid: None,
         wants_devices: Callable[[Mapping[str, Any]], bool] = lambda pod: False,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
@@ -105,6 +106,7 @@ class Binder:
         self.vendor_locks = VendorLocks(self.locks) if self.locks is not None else None
         self.fence = fence
         self.leadership = leadership
+        self.decided_at = decided_at
         self.wants_devices = wants_devices
         self._sleep = sleep
 
@@ -203,16 +205,16 @@ class Binder:
     def _stale_term(self, raw: Mapping[str, Any], info: PodInfo) -> str | None:
         """Why the pod's reservation is not this leader's to bind (None: it is).
 
-        Ours: decided by this replica in the current term (an assumption not yet confirmed), or
-        the pod's annotation carries the current term. A decision without a term annotation
-        (no leader election, or HAMi 2.8) is accepted as it is."""
+        Ours: placed by this replica in the current term (the watch may not show that write yet,
+        or show an older write with the same devices), or the pod's annotation carries the current
+        term. A decision without a term annotation (no leader election, or HAMi 2.8) is accepted
+        as it is."""
         lead = self.leadership
         term = lead.term if lead is not None else None
         if lead is None or term is None:
             return None
-        assumption = self.state.assumptions.get(info.uid)
-        since = lead.since
-        if assumption is not None and since is not None and assumption.since >= since:
+        decided, since = self.decided_at(info.uid), lead.since
+        if decided is not None and since is not None and decided >= since:
             return None
         annotations = (raw.get("metadata") or {}).get("annotations") or {}
         stamped = annotations.get(keys.SCHEDULER_TERM)

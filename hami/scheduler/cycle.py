@@ -109,6 +109,7 @@ class FilterCycle:
         self._readers = state.registry.request_readers()
         self._writes: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # uid -> (lock, [users])
         self._requests: OrderedDict[tuple[str, str], PodRequest] = OrderedDict()
+        self._decided: OrderedDict[str, float] = OrderedDict()  # uid -> monotonic time of our last decision
         self._scores: OrderedDict[tuple[str, int, tuple[str, ...]], list[tuple[str, int]]] = OrderedDict()
 
     # ------------------------------------------------------------------ filter
@@ -138,6 +139,10 @@ class FilterCycle:
             if len(self._requests) > REQUEST_MEMO:
                 self._requests.popitem(last=False)
         return request
+
+    def decided_at(self, uid: str) -> float | None:
+        """When this process last placed pod ``uid`` (state clock), None if not recently."""
+        return self._decided.get(uid)
 
     def wants_devices(self, pod: Mapping[str, Any]) -> bool:
         """Whether the pod requests any vendor device (an unreadable request counts as yes)."""
@@ -202,6 +207,10 @@ class FilterCycle:
             pod=dict(pod),  # type: ignore[arg-type]
         )
         self.state.assumed(assumption)
+        self._decided[request.uid] = assumption.since
+        self._decided.move_to_end(request.uid)
+        if len(self._decided) > REQUEST_MEMO:
+            self._decided.popitem(last=False)
         self.why.put(
             scheduled_record(request, result, when=now, candidates=len(candidates), annotations=annotations)
         )

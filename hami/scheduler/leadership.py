@@ -55,6 +55,7 @@ from hami.k8s.api import KubeApi
 from hami.k8s.errors import ApiError, ApiNotFound
 from hami.k8s.lease import LeaderElector, LeaderRecord, NotLeader
 from hami.k8s.objects import LEASES, RawLease
+from hami.k8s.watch import Change, Listed, Reflector
 from hami.metrics.catalog import SCHEDULER_METRICS, MetricSpec
 from hami.runtime.clock import Clock, LoopClock
 
@@ -207,6 +208,7 @@ class ElectedLeadership:
                 on_started_leading=started,
                 on_stopped_leading=stopped,
                 clock=clock,
+                watching=watching,
             )
 
         factory = own if mode is LeaderElectMode.OWN else follow
@@ -294,9 +296,13 @@ class LeaseFollower:
         on_started_leading: StartedCallback | None = None,
         on_stopped_leading: StoppedCallback | None = None,
         clock: Clock | None = None,
+        watch_lease: bool = True,
+        watching: WatchingSettings | None = None,
     ) -> None:
         self._api = api
         self.settings = settings
+        self._watch_lease = watch_lease
+        self._watching = watching or WatchingSettings()
         self.hostname = hostname_of(hostname)
         self._on_started = on_started_leading
         self._on_stopped = on_stopped_leading
@@ -428,27 +434,59 @@ class LeaseFollower:
     async def run(self) -> None:
         logger.info("%s: following kube-scheduler's lease %s/%s", self.hostname, self.namespace, self.name)
         try:
-            while True:
-                self._wake.clear()
+            async with asyncio.TaskGroup() as tg:
+                watcher = tg.create_task(self._watch(), name=f"lease watch {self.namespace}/{self.name}")
                 try:
-                    self.observe(await self._read())
-                except ApiError as exc:
-                    logger.debug("lease %s/%s: read failed: %s", self.namespace, self.name, exc)
-                    self._evaluate(self._clock.monotonic())
-                delay = self.settings.retry_period
-                deadline = self._deadline()
-                if self._leading and deadline is not None:
-                    delay = max(0.0, min(delay, deadline - self._clock.monotonic()))
-                try:
-                    async with asyncio.timeout(delay):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
+                    await self._poll()
+                finally:
+                    watcher.cancel()
         finally:
             if self._leading:
                 self._leading = False
                 self.term = None
                 self._call(self._on_stopped)
+
+    async def _poll(self) -> None:
+        """Read the Lease every retry period (and at our deadline): the watch may lag or break."""
+        while True:
+            self._wake.clear()
+            try:
+                self.observe(await self._read())
+            except ApiError as exc:
+                logger.debug("lease %s/%s: read failed: %s", self.namespace, self.name, exc)
+                self._evaluate(self._clock.monotonic())
+            delay = self.settings.retry_period
+            deadline = self._deadline()
+            if self._leading and deadline is not None:
+                delay = max(0.0, min(delay, deadline - self._clock.monotonic()))
+            try:
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def _watch(self) -> None:
+        """Observe every change at once (a holder change, a release), as 2.8's informer does."""
+        if not self._watch_lease:
+            return
+        reflector = Reflector(
+            self._api,
+            LEASES,
+            namespace=self.namespace,
+            field_selector=f"metadata.name={self.name}",
+            settings=self._watching,
+            name=f"lease {self.namespace}/{self.name}",
+        )
+        try:
+            async for event in reflector.events():
+                if isinstance(event, Listed):
+                    self.observe(cast(RawLease, event.objects[0]) if event.objects else None)
+                elif isinstance(event, Change):
+                    self.observe(None if event.type == "DELETED" else cast(RawLease, event.object))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.error("lease watch failed; following by polling only", exc_info=True)
 
 
 # ----------------------------------------------------------------------------------- metrics

@@ -137,6 +137,7 @@ class SchedulerRole:
             events=self.events,
             fence=self.leadership.fence if self.elector is not None else None,
             leadership=self.leadership,
+            decided_at=self.cycle.decided_at,
             wants_devices=self.cycle.wants_devices,
         )
         self.reconciler = Reconciler(

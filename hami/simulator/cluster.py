@@ -69,8 +69,9 @@ class ClusterNode:
     """The node's ``/var/lib/kubelet/device-plugins``: ``kubelet.sock`` and plugin sockets."""
     state_dir: Path
     mock_gpu_file: Path
-    """The node's GPUs with their UUIDs (:mod:`hami.core.mockgpu`) for ``hami device-plugin``,
-    ``hami dra-plugin`` and ``hami monitor`` with ``--backend mock --mock-gpu-file``."""
+    """``{"count", "model", "memory"}`` for ``hami device-plugin``, ``hami dra-plugin`` and
+    ``hami monitor`` with ``--backend mock --mock-gpu-file``; each derives the same GPU UUIDs from
+    the node name (:mod:`hami.core.mockgpu`)."""
 
     @property
     def dra_layout(self) -> DraPluginLayout:

@@ -14,7 +14,6 @@ from typing import Any, Final
 
 from hami.core import keys
 from hami.core.errors import ConfigError
-from hami.core.mockgpu import mock_gpu_document, mock_gpu_specs
 from hami.core.vendors import MOCK_VENDOR_NAMES, NodePublication, mock_vendor
 from hami.simulator.kubelet import RUN_SECONDS_ANNOTATION
 
@@ -70,10 +69,8 @@ class NodeSpec:
         )
 
     def mock_gpu_document(self) -> JsonObj:
-        """The node's mock GPU file (``{"gpus": [{"uuid", "model", "memory", ...}]}``), read by the
-        device plugin, DRA plugin and monitor mock backends: every role names the same UUIDs."""
-        specs = mock_gpu_specs(self.name, self.gpus, model=self.gpu_model, memory_mib=self.gpu_memory_mib)
-        return mock_gpu_document(specs)
+        """The mock device-plugin backend's GPU file (``{"count", "model", "memory"}``)."""
+        return {"count": self.gpus, "model": self.gpu_model, "memory": self.gpu_memory_mib}
 
 
 def gpu_label_value(model: str) -> str:

@@ -335,6 +335,7 @@ class RelCluster:
         self.chaos = ClusterChaos(cluster)
         self.plugins: dict[str, RoleProcess] = {}
         self.monitors: dict[str, RoleProcess] = {}
+        self.monitor_ports: dict[str, int] = {}
         self.replicas: list[SchedulerReplica] = []
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
 
@@ -354,7 +355,7 @@ class RelCluster:
             "--plugin-dir", str(n.plugin_dir), "--kubeconfig", self.kubeconfig,
             "--mock-gpu-file", str(n.mock_gpu_file), "--host-root", str(self.host_root(node)),
             "--cdi-dir", str(self.root / "cdi" / node), "--register-interval", "1",
-            "--log-level", "info",
+            "--log-level", "info", "--no-monitor",
         ]  # fmt: skip
 
     async def start_plugin(self, node: str, *, wait: bool = True) -> RoleProcess:
@@ -389,7 +390,7 @@ class RelCluster:
             "--bind-wait-timeout", "10", "--watching-min-timeout", "30", "--watching-max-timeout", "60",
             "--watching-inactivity-timeout", "30", "--watching-backoff-initial", "0.05",
             "--watching-backoff-maximum", "1", "--networking-request-timeout", "5",
-            "--log-level", "info", *extra,
+            "--log-level", "info", "--no-monitor", *extra,
         ]  # fmt: skip
 
     async def start_scheduler(self, *extra: str, wait: bool = True) -> SchedulerReplica:
@@ -466,12 +467,31 @@ class RelCluster:
             "monitor", "--node-name", node, "--kubeconfig", self.kubeconfig, "--backend", "mock",
             "--containers-dir", str(self.host_root(node) / "usr" / "local" / "vgpu" / "containers"),
             "--metrics-bind", "127.0.0.1", "--metrics-port", str(port), "--scan-interval", "1",
-            "--log-level", "info",
+            "--log-level", "info", "--no-monitor",
         ]  # fmt: skip
         proc = RoleProcess(f"monitor {node}", argv, self.root / "logs" / f"monitor-{node}.log")
         self.monitors[node] = proc
+        self.monitor_ports[node] = port
         await proc.start()
+        await self.wait_monitor(node)
         return proc
+
+    async def monitor_metrics(self, node: str) -> str | None:
+        try:
+            async with self._http.get(f"http://127.0.0.1:{self.monitor_ports[node]}/metrics") as resp:
+                return await resp.text() if resp.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError):
+            return None
+
+    async def wait_monitor(self, node: str, *, within: float = 60.0) -> None:
+        proc = self.monitors[node]
+
+        async def up() -> bool:
+            if not proc.alive:
+                raise AssertionError(f"{proc.name} exited:\n{proc.log_tail()}")
+            return await self.monitor_metrics(node) is not None
+
+        await until_async(up, within=within, what=f"{proc.name} serving /metrics")
 
     def processes(self) -> list[RoleProcess]:
         return [*(r.process for r in self.replicas), *self.plugins.values(), *self.monitors.values()]

@@ -13,11 +13,16 @@ import time
 import pytest
 from rel_harness import RelCluster, phase, rel_cluster, scaled
 
+from hami.core import keys
 from hami.simulator.scenario import gpu_pod
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 RUNNING_OR_DONE = ("Running", "Succeeded")
+FAULTS = (
+    "drop", "drop-clean", "expire", "throttle", "fail-patch", "delay", "reorder", "pause",
+    "hang-bind", "cut-bind", "monitor-sigkill",
+)  # fmt: skip
 
 
 def random_pod(rng: random.Random, name: str) -> dict:
@@ -32,6 +37,16 @@ def random_pod(rng: random.Random, name: str) -> dict:
     )
 
 
+def deletable(pod: dict) -> bool:
+    """Running pods, and pods no scheduler has decided on yet.
+
+    Not pods between bind and Allocate: deleting one of those while the kubelet admits it makes the
+    device plugin hand its neighbour's devices out (test_rel_handoff.py's xfail names the bug);
+    once that is fixed, delete any pod here."""
+    annotations = pod["metadata"].get("annotations") or {}
+    return phase(pod) == "Running" or (not pod["spec"].get("nodeName") and keys.VGPU_NODE not in annotations)
+
+
 async def inject_api_faults(rel: RelCluster, rng: random.Random, stop: asyncio.Event) -> list[str]:
     """One API fault about every second, each kind at least once, until ``stop``.
 
@@ -41,10 +56,9 @@ async def inject_api_faults(rel: RelCluster, rng: random.Random, stop: asyncio.E
     survive, it is a broken apiserver."""
     api = rel.chaos.api
     done: list[str] = []
-    faults = ("drop", "drop-clean", "expire", "throttle", "fail-patch", "delay", "reorder", "pause")
-    while not stop.is_set() or len(done) < len(faults):
+    while not stop.is_set() or len(done) < len(FAULTS):
         await asyncio.sleep(rng.uniform(0.5, 1.5))
-        fault = faults[len(done) % len(faults)]
+        fault = FAULTS[len(done) % len(FAULTS)]
         if fault == "drop":
             api.drop_watches("pods")
         elif fault == "drop-clean":
@@ -63,6 +77,13 @@ async def inject_api_faults(rel: RelCluster, rng: random.Random, stop: asyncio.E
             api.reorder_events("nodes", window_s=0.05)
             await asyncio.sleep(1.0)
             api.reorder_events("nodes", window_s=0)
+        elif fault == "hang-bind":  # the scheduler's bind call times out (its --networking-request-timeout)
+            api.time_out(verbs={"create"}, resources={"pods/binding"}, times=1)
+        elif fault == "cut-bind":  # ... or loses its connection
+            api.time_out(verbs={"create"}, resources={"pods/binding"}, times=1, after_s=0.3)
+        elif fault == "monitor-sigkill":
+            await rel.monitors["node-1"].kill()
+            await rel.monitors["node-1"].start()
         else:
             async with api.paused_for():
                 await asyncio.sleep(0.5)
@@ -75,6 +96,7 @@ async def test_churn_of_random_pods_under_api_faults() -> None:
     total = scaled(100, cap=100_000)
     rng = random.Random(11)
     async with rel_cluster(nodes=3, gpus=4, gpu_memory=24000) as rel:
+        await rel.start_monitor("node-1")
         monitor = rel.monitor("churn", pending_settle_s=8.0)
         stop = asyncio.Event()
         created: list[str] = []
@@ -87,7 +109,9 @@ async def test_churn_of_random_pods_under_api_faults() -> None:
                     await rel.create(random_pod(rng, name))
                     created.append(name)
                     if rng.random() < 0.2 and len(created) > 5:
-                        await rel.delete(rng.choice(created[:-1]))
+                        victim = rel.pod(rng.choice(created[:-1]))
+                        if victim is not None and deletable(victim):
+                            await rel.delete(victim["metadata"]["name"])
                     # keep roughly 60 pods in flight: the cluster has 120 task slots
                     while sum(1 for p in rel.pods() if phase(p) in ("Pending", "Running")) > 60:  # noqa: ASYNC110
                         await asyncio.sleep(0.1)
@@ -106,13 +130,15 @@ async def test_churn_of_random_pods_under_api_faults() -> None:
             f"{r.namespace}/{r.name}: {r.message}"
             for n in rel.cluster.nodes
             for r in n.kubelet.records.values()
-            if r.phase == "Failed"
+            if r.phase == "Failed" and "injected fault" not in r.message  # a 500 on the plugin's patch
         ]
         problems = [str(v) for v in report.violations.values()][:20]
         problems += rel.crashed()
         problems += [f"rejected by the kubelet: {r}" for r in rejected[:5]]
         if len(placed) < total * 0.7:
             problems.append(f"only {len(placed)} of {total} pods ran in {elapsed:.0f}s")
-        if len(set(injected)) < 8:
+        if await rel.monitor_metrics("node-1") is None:
+            problems.append("the restarted hami monitor does not serve /metrics")
+        if set(injected) != set(FAULTS):
             problems.append(f"faults injected: {injected}")
         assert report.checks > 0 and not problems, "\n".join(problems)

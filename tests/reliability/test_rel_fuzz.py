@@ -70,7 +70,11 @@ HAMI_KEYS = (
 RESOURCES = (keys.RESOURCE_GPU, keys.RESOURCE_GPUMEM, keys.RESOURCE_GPUMEM_PERCENTAGE, keys.RESOURCE_GPUCORES)
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=15,
 )
@@ -86,9 +90,9 @@ allocation_values = st.one_of(
         ["GPU-x,NVIDIA,1000,10:;", "GPU-x,NVIDIA,-1,10:;", "GPU-x,NVIDIA,1000:;", ";;;", ":", "GPU-x,,1,1:;"]
     ),
 )
-annotations = st.dictionaries(
-    st.sampled_from(HAMI_KEYS) | st.text(max_size=10), st.text(max_size=30) | allocation_values, max_size=5
-)
+# Keys the API server accepts (it rejects malformed keys itself); values anything.
+annotation_keys = st.sampled_from(HAMI_KEYS) | st.from_regex(r"\A[a-z]([a-z0-9.-]{0,8}[a-z0-9])?\Z")
+annotations = st.dictionaries(annotation_keys, st.text(max_size=30) | allocation_values, max_size=5)
 
 
 @st.composite
@@ -128,6 +132,18 @@ def fuzzed_pods(draw: st.DrawFn) -> dict[str, Any]:
     )
 
 
+# Bodies JSON encoders cannot produce: deep nesting, huge numbers, duplicate keys, bad UTF-8.
+raw_bodies = st.sampled_from(
+    [
+        b"[" * 5000 + b"]" * 5000,
+        b'{"Pod": {"metadata": {"name": "p", "uid": 1' + b"0" * 400 + b'}}, "NodeNames": ["node-1"]}',
+        b'{"Pod": 1e999, "NodeNames": null}',
+        b'{"Pod": {}, "Pod": [], "NodeNames": ["node-1"]}',
+        b'{"PodName": "\xff\xfe", "Node": "node-1"}',
+        b"",
+        b"null",
+    ]
+)
 extender_args = st.fixed_dictionaries(
     {
         "Pod": fuzzed_pods() | json_values,
@@ -215,6 +231,8 @@ async def fuzzed_scheduler() -> AsyncIterator[Fuzzed]:
                     http_bind=f"127.0.0.1:{free_port()}",
                     metrics_bind_address="127.0.0.1:0",
                     scheduler_name="hami-scheduler",
+                    cache_wait=0.05,
+                    bind_wait_timeout=1.0,
                 ),
                 watching=WatchingSettings(min_timeout=30, max_timeout=60, inactivity_timeout=30),
             ),
@@ -252,7 +270,7 @@ def as_body(value: Any) -> bytes:
 @FUZZ
 @given(
     path=st.sampled_from(["/filter", "/prioritize", "/bind"]),
-    body=st.one_of(extender_args, bind_args, json_values, st.binary(max_size=64)),
+    body=st.one_of(extender_args, bind_args, json_values, st.binary(max_size=64), raw_bodies),
 )
 async def test_fuzzed_extender_requests_get_clear_answers(fuzzed: Fuzzed, path: str, body: Any) -> None:
     status, raw = await fuzzed.post(path, as_body(body))
@@ -270,7 +288,7 @@ async def test_fuzzed_extender_requests_get_clear_answers(fuzzed: Fuzzed, path: 
 
 
 @FUZZ
-@given(review=admission_reviews | json_values | st.binary(max_size=64))
+@given(review=admission_reviews | json_values | st.binary(max_size=64) | raw_bodies)
 async def test_fuzzed_admission_reviews_get_reviews_back(fuzzed: Fuzzed, review: Any) -> None:
     status, raw = await fuzzed.post("/webhook", as_body(review))
     assert status == 200, raw[:300]
@@ -282,14 +300,15 @@ async def test_fuzzed_admission_reviews_get_reviews_back(fuzzed: Fuzzed, review:
     fuzzed.alive()
 
 
-async def caught_up(fuzzed: Fuzzed) -> None:
-    target = fuzzed.sim.store.resource_version
+async def caught_up(fuzzed: Fuzzed, *, node_rv: int, pod_rv: int) -> None:
     pods, nodes = fuzzed.role.state.pods, fuzzed.role.state.nodes
     assert pods is not None and nodes is not None
-    fuzzed.sim.chaos.drop_watches(None, abrupt=False)  # a fresh watch answers from the current RV at once
 
     def seen() -> bool:
-        return all(int(i.reflector.last_resource_version or 0) >= target for i in (pods, nodes))
+        return (
+            int(nodes.reflector.last_resource_version or 0) >= node_rv
+            and int(pods.reflector.last_resource_version or 0) >= pod_rv
+        )
 
     await until(seen, within=10, what="the scheduler's caches caught up")
 
@@ -303,7 +322,7 @@ async def test_fuzzed_annotations_never_crash_the_scheduler(
     fuzzed: Fuzzed, registered: str, pod_notes: dict[str, str]
 ) -> None:
     sim = fuzzed.sim
-    sim.store.mutate(
+    node = sim.store.mutate(
         NODES,
         None,
         "node-2",
@@ -311,9 +330,13 @@ async def test_fuzzed_annotations_never_crash_the_scheduler(
     )
     odd = gpu_pod("odd", gpumem=1000, annotations={keys.VGPU_NODE: "node-1", **pod_notes})
     odd["spec"]["nodeName"] = "node-1"
-    sim.store.create(PODS, "default", odd)
+    pod = sim.store.create(PODS, "default", odd)
     try:
-        await caught_up(fuzzed)
+        await caught_up(
+            fuzzed,
+            node_rv=int(node["metadata"]["resourceVersion"]),
+            pod_rv=int(pod["metadata"]["resourceVersion"]),
+        )
         args = {"Pod": gpu_pod("probe", gpumem=1000), "NodeNames": ["node-1", "node-2"], "Nodes": None}
         args["Pod"]["metadata"]["uid"] = "00000000-0000-4000-8000-000000000001"
         status, raw = await fuzzed.post("/filter", orjson.dumps(args))
@@ -423,6 +446,12 @@ async def test_fuzzed_region_files_never_crash_the_monitor(monitored: Monitored,
         await resp.read()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="monitor (issue 7): hami.monitor.region.RegionFile keeps the region mapped MAP_SHARED at its "
+    "open-time size and never re-checks the file size, so a region truncated in place makes the next "
+    "scan touch pages past EOF and the process dies of SIGBUS (exit -7)",
+)
 async def test_region_truncated_under_a_running_monitor_process(h100_fixtures: Path) -> None:
     """A region shrunk in place while the monitor has it mapped must not kill the process
     (touching a ``MAP_SHARED`` mapping past the file's new end raises SIGBUS)."""
@@ -458,7 +487,9 @@ async def test_region_truncated_under_a_running_monitor_process(h100_fixtures: P
                 except aiohttp.ClientError:
                     return False
 
-            await until_async(lambda: scraped(uid), within=60, what="the monitor exports the container")
+            await until_async(
+                lambda: scraped('podname="p"'), within=60, what="the monitor exports the container"
+            )
             os.truncate(region, 512)  # same inode, mapped by the monitor, now 512 bytes long
             started = time.monotonic()
             while time.monotonic() - started < 2.0:  # about ten scans

@@ -90,15 +90,16 @@ annotations:
 {{- end -}}
 
 {{/*
-Where kube-scheduler calls /filter and /bind. Each replica elects its kube-scheduler and its
-extender on separate Leases, so the leading kube-scheduler may sit beside a follower extender:
-with several replicas it goes through the Service, whose only ready endpoint is the leading
-extender (followers answer /readyz with 503). One replica: the extender beside it.
+Where kube-scheduler calls /filter and /bind. With leaderElection.mode "own" each replica elects
+its kube-scheduler and its extender on separate Leases, so the leading kube-scheduler may sit
+beside a follower extender: with several replicas it goes through the Service, whose only ready
+endpoint is the leading extender (followers answer /readyz with 503). With
+"follow-kube-scheduler", or one replica: the extender beside it (it leads with its kube-scheduler).
 */}}
 {{- define "hami.extender.urlPrefix" -}}
 {{- if .Values.scheduler.extender.urlPrefix -}}
 {{- .Values.scheduler.extender.urlPrefix -}}
-{{- else if and .Values.scheduler.leaderElect (gt (int .Values.scheduler.replicas) 1) -}}
+{{- else if and .Values.scheduler.leaderElect (gt (int .Values.scheduler.replicas) 1) (ne .Values.scheduler.leaderElection.mode "follow-kube-scheduler") -}}
 {{- printf "%s://%s.%s.svc:%v" (include "hami.extender.scheme" .) (include "hami.scheduler" .) .Release.Namespace .Values.scheduler.service.httpPort -}}
 {{- else -}}
 {{- printf "%s://127.0.0.1:%s" (include "hami.extender.scheme" .) (include "hami.extender.port" .) -}}

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import ssl
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from hami.cli._demo_pki import PkiUnavailable, make_pki
 from hami.cli._demo_table import cluster_view, gpu_request_text, render_table
 from hami.cli._demo_workload import demo_pods, oversized_memory_mib
 from hami.core import keys
@@ -107,3 +113,12 @@ def test_demo_mix_scales_with_the_cluster_and_follows_the_webhook_choice() -> No
     assert len([p for p in direct if p.name.startswith("infer-")]) == 3
     assert {p.manifest["spec"]["schedulerName"] for p in direct} == {keys.DEFAULT_SCHEDULER_NAME}
     assert oversized_memory_mib(81559) == 102000 and oversized_memory_mib(24000) == 31000
+
+
+def test_pki_for_the_webhook_or_a_clear_reason(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    context = ssl.create_default_context(cafile=str(pki.ca_cert))
+    context.load_cert_chain(pki.server_cert, pki.server_key)  # the pair matches
+    assert base64.b64decode(pki.ca_bundle) == pki.ca_cert.read_bytes()
+    with pytest.raises(PkiUnavailable, match="openssl req could not run"):
+        make_pki(tmp_path / "other", openssl=str(tmp_path / "no-such-openssl"))

@@ -31,7 +31,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -141,6 +141,7 @@ class ApiLink:
         self.upstream = upstream.rstrip("/")
         self.forwarded: list[Forwarded] = []
         self.lost: list[Forwarded] = []  # requests whose client gave up while partitioned (at: arrival)
+        self.held: list[Forwarded] = []  # requests that waited out a partition and were then delivered
         self._open = asyncio.Event()
         self._open.set()
         self._runner: web.AppRunner | None = None
@@ -196,7 +197,8 @@ class ApiLink:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        if not self._open.is_set():
+        held = not self._open.is_set()
+        if held:
             arrived = Forwarded(time.monotonic(), request.method, request.path, request.query_string)
             try:
                 await self._open.wait()
@@ -204,7 +206,10 @@ class ApiLink:
                 self.lost.append(arrived)
                 raise
         assert self._session is not None
-        self.forwarded.append(Forwarded(time.monotonic(), request.method, request.path, request.query_string))
+        sent = Forwarded(time.monotonic(), request.method, request.path, request.query_string)
+        self.forwarded.append(sent)
+        if held:
+            self.held.append(sent)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         async with self._session.request(
             request.method,
@@ -318,6 +323,8 @@ class Replica:
     metrics_port: int
     link: ApiLink
     log_path: Path
+    lease: str = LEASE
+    extra: tuple[str, ...] = ()
     proc: asyncio.subprocess.Process | None = None
     stopped: bool = False  # the test killed or terminated it
 
@@ -329,7 +336,7 @@ class Replica:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
-    async def start(self, kubeconfig: Path, *extra: str) -> None:
+    async def start(self, kubeconfig: Path) -> None:
         argv = [
             sys.executable,
             "-m",
@@ -341,7 +348,7 @@ class Replica:
             f"--metrics-bind-address=127.0.0.1:{self.metrics_port}",
             "--scheduler-name=hami-scheduler",
             "--leader-elect",
-            f"--leader-elect-resource-name={LEASE}",
+            f"--leader-elect-resource-name={self.lease}",
             f"--leader-elect-resource-namespace={NAMESPACE}",
             f"--leader-elect-identity={self.name}",
             f"--leader-elect-lease-duration={LEASE_DURATION}",
@@ -350,7 +357,7 @@ class Replica:
             "--reconcile-interval=0.5",
             "--shutdown-timeout=2",
             "--no-monitor",  # three replicas on one host would fight over the console's ports
-            *extra,
+            *self.extra,
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with self.log_path.open("ab") as log:
@@ -425,8 +432,9 @@ class LeaseView:
 class LeaseWatch:
     """Polls the Lease through the cluster's own client; keeps every holder change."""
 
-    def __init__(self, cluster: EmbeddedCluster) -> None:
+    def __init__(self, cluster: EmbeddedCluster, name: str = LEASE) -> None:
         self.cluster = cluster
+        self.name = name
         self.history: list[LeaseView] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -443,7 +451,7 @@ class LeaseWatch:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _poll(self) -> None:
-        path = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/{LEASE}"
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/{self.name}"
         while True:
             try:
                 spec = (await self.cluster.client.get(path)).get("spec") or {}
@@ -473,8 +481,11 @@ class HaCluster:
     session: aiohttp.ClientSession
     root: Path
 
-    def replica(self, identity: str) -> Replica:
-        return next(r for r in self.replicas if r.name == identity)
+    def replica(self, identity: str) -> Replica | None:
+        """The replica a Lease holder names (``<name>`` or, following kube-scheduler, ``<name>_<uuid>``)."""
+        return next(
+            (r for r in self.replicas if identity == r.name or identity.startswith(r.name + "_")), None
+        )
 
     async def ready(self) -> list[Replica]:
         statuses = await asyncio.gather(*(r.readyz(self.session) for r in self.replicas))
@@ -489,8 +500,8 @@ class HaCluster:
                 if replica.proc is not None and not replica.alive and not replica.stopped:
                     raise AssertionError(f"{replica.name} exited:\n{replica.log_tail()}")
             current = self.lease.current
-            if current is not None and current.holder and current.holder not in excluded:
-                leader = self.replica(current.holder)
+            leader = self.replica(current.holder) if current is not None else None
+            if leader is not None and leader.name not in excluded:
                 if (await leader.readyz(self.session))[0] == 200:
                     return leader
             if time.monotonic() > deadline:
@@ -545,7 +556,15 @@ async def register(cluster: EmbeddedCluster) -> None:
 
 
 @contextlib.asynccontextmanager
-async def ha_cluster(*, replicas: int = 3, nodes: int = 3) -> AsyncIterator[HaCluster]:
+async def ha_cluster(
+    *,
+    replicas: Sequence[str] = ("replica-0", "replica-1", "replica-2"),
+    nodes: int = 3,
+    lease: str = LEASE,
+    extra: Sequence[str] = (),
+) -> AsyncIterator[HaCluster]:
+    """The cluster with one ``hami scheduler`` per name in ``replicas`` (its Lease identity, or its
+    hostname when it follows kube-scheduler), all on Lease ``lease``, with ``extra`` flags."""
     root = Path(tempfile.mkdtemp(prefix="hha", dir="/tmp"))
     service = ReadyService()
     await service.start()
@@ -557,7 +576,6 @@ async def ha_cluster(*, replicas: int = 3, nodes: int = 3) -> AsyncIterator[HaCl
     session = aiohttp.ClientSession()
     started: list[Replica] = []
     links: list[ApiLink] = []
-    lease: LeaseWatch | None = None
     try:
         async with EmbeddedCluster.running(
             nodes=nodes,
@@ -567,24 +585,26 @@ async def ha_cluster(*, replicas: int = 3, nodes: int = 3) -> AsyncIterator[HaCl
             kubelet_settings=KubeletSettings(heartbeat_interval=0.5),
         ) as cluster:
             await register(cluster)
-            lease = LeaseWatch(cluster)
-            lease.start()
-            for i in range(replicas):
+            watch = LeaseWatch(cluster, lease)
+            watch.start()
+            for name in replicas:
                 link = ApiLink(cluster.api_url)
                 await link.start()
                 links.append(link)
                 replica = Replica(
-                    name=f"replica-{i}",
+                    name=name,
                     port=free_port(),
                     metrics_port=free_port(),
                     link=link,
-                    log_path=root / f"replica-{i}.log",
+                    log_path=root / f"{name}.log",
+                    lease=lease,
+                    extra=tuple(extra),
                 )
                 service.endpoints[replica.name] = replica.port
                 started.append(replica)
             await asyncio.gather(*(r.start(cluster.kubeconfig_path) for r in started))
             h = HaCluster(
-                cluster=cluster, service=service, replicas=started, lease=lease, session=session, root=root
+                cluster=cluster, service=service, replicas=started, lease=watch, session=session, root=root
             )
             try:
                 yield h
@@ -594,7 +614,7 @@ async def ha_cluster(*, replicas: int = 3, nodes: int = 3) -> AsyncIterator[HaCl
                 raise
             finally:
                 await asyncio.gather(*(r.stop() for r in started), return_exceptions=True)
-                await lease.stop()
+                await watch.stop()
     finally:
         for r in started:
             if r.alive:

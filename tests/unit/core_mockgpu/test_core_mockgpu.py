@@ -35,21 +35,21 @@ def test_uuids_are_deterministic_per_node_and_index() -> None:
 
 def test_every_role_reads_the_simulators_file_with_the_same_uuids() -> None:
     spec = NodeSpec(name="node-7", gpus=3, gpu_model="NVIDIA H100 80GB HBM3", gpu_memory_mib=81559)
-    text = json.dumps(spec.mock_gpu_document())
-    wanted = [mock_gpu_uuid("node-7", i) for i in range(3)]
-    # Another node name does not change UUIDs written into the file.
+    text = json.dumps(spec.mock_gpu_document())  # <state>/node-7/mock-gpus.json of the embedded cluster
     doc = json.loads(text)
-    assert [g.uuid for g in plugin_gpus("elsewhere", doc, source="f")] == wanted
-    assert [g.uuid for g in dra_gpus("elsewhere", doc, source="f")] == wanted
-    host = host_gpus_from_mock(parse_mock_gpu_text("elsewhere", text, source="mock-gpus.json"))
+    wanted = [mock_gpu_uuid("node-7", i) for i in range(3)]
+    assert [g.uuid for g in plugin_gpus("node-7", doc, source="f")] == wanted
+    assert [g.uuid for g in dra_gpus("node-7", doc, source="f")] == wanted
+    host = host_gpus_from_mock(parse_mock_gpu_text("node-7", text, source="mock-gpus.json"))
     assert [g.uuid for g in host] == wanted
     assert [(g.index, g.name, g.memory_total, g.memory_used) for g in host] == [
         (i, "NVIDIA H100 80GB HBM3", 81559 * 1048576, 0) for i in range(3)
     ]
-    # The count form (older cluster state directories) derives the same UUIDs from the node name.
-    counted = {"count": 3, "model": "NVIDIA H100 80GB HBM3", "memory": 81559}
-    assert [g.uuid for g in plugin_gpus("node-7", counted, source="f")] == wanted
-    assert [g.uuid for g in monitor_mock_gpus(3, node_name="node-7")] == wanted
+    assert [g.uuid for g in monitor_mock_gpus(3, node_name="node-7")] == wanted  # --mock-gpus 3
+    # The explicit form carries its UUIDs: a reader given another node name still agrees.
+    explicit = mock_gpu_document(parse_mock_gpu_document("node-7", doc, source="f"))
+    assert [g.uuid for g in plugin_gpus("elsewhere", explicit, source="f")] == wanted
+    assert [g.uuid for g in dra_gpus("elsewhere", explicit, source="f")] == wanted
 
 
 def test_document_round_trip_keeps_every_field() -> None:
