@@ -42,6 +42,7 @@ from hami.cli._demo_processes import (
 )
 from hami.core import keys
 from hami.core.errors import ConfigError
+from hami.core.vendors import build_registry, managed_resources
 from hami.simulator.cluster import ClusterNode, EmbeddedCluster
 from hami.simulator.scenario import DEFAULT_GPU_MEMORY_MIB, DEFAULT_GPU_MODEL
 
@@ -66,11 +67,7 @@ extenders:
   weight: 1
   httpTimeout: 30s
 {tls}  managedResources:
-  - {{name: nvidia.com/gpu, ignoredByScheduler: true}}
-  - {{name: nvidia.com/gpumem, ignoredByScheduler: true}}
-  - {{name: nvidia.com/gpumem-percentage, ignoredByScheduler: true}}
-  - {{name: nvidia.com/gpucores, ignoredByScheduler: true}}
-"""
+{managed}"""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -157,8 +154,13 @@ def kube_scheduler_config(layout: DemoLayout) -> str:
     tls = ""
     if layout.pki is not None:
         tls = f"  enableHTTPS: true\n  tlsConfig:\n    caFile: {layout.pki.ca_cert}\n"
+    # The demo's scheduler runs with the default device config and no --enable-* flag: its
+    # registry names every resource it schedules, so kube-scheduler leaves them all to it.
+    managed = "".join(
+        f"  - {{name: {name}, ignoredByScheduler: true}}\n" for name in managed_resources(build_registry())
+    )
     return KUBE_SCHEDULER_CONFIG.format(
-        scheduler_name=keys.DEFAULT_SCHEDULER_NAME, url=layout.scheduler_url, tls=tls
+        scheduler_name=keys.DEFAULT_SCHEDULER_NAME, url=layout.scheduler_url, tls=tls, managed=managed
     )
 
 

@@ -2,14 +2,23 @@
 
 Examples::
 
-    # in the chart (kube-scheduler sidecar calls https://127.0.0.1:443)
+    # in the chart (kube-scheduler sidecar calls https://127.0.0.1:443); the extender campaigns on
+    # its own Lease (followers refuse /filter and /bind at once, /readyz 503)
     hami scheduler --http_bind 0.0.0.0:443 --cert_file /tls/tls.crt --key_file /tls/tls.key \\
         --scheduler-name hami-scheduler --device-config-file /device-config.yaml --leader-elect \\
+        --leader-elect-resource-name hami-scheduler-extender --leader-elect-resource-namespace kube-system
+
+    # HAMi 2.8's way: lead while this pod's kube-scheduler (holder <hostname>_<uuid>) holds its Lease
+    hami scheduler --leader-elect --leader-elect-mode follow-kube-scheduler \\
         --leader-elect-resource-name hami-scheduler --leader-elect-resource-namespace kube-system
 
     # against the embedded cluster
     hami scheduler --kubeconfig /tmp/hami-sim/kubeconfig --http_bind 127.0.0.1:8080 \\
         --metrics-bind-address 127.0.0.1:9395
+
+    # DRA mode: the webhook turns nvidia.com/gpu (+ gpumem, gpucores) into ResourceClaimTemplate
+    # references served by `hami dra-plugin` (needs create/get on resourceclaimtemplates)
+    hami scheduler --http_bind 0.0.0.0:443 --cert_file tls.crt --key_file tls.key --dra-mode translate
 
 Flags keep HAMi 2.8's names (hami-scheduler-spec.md §1.1); every flag also reads ``HAMI_<FLAG>``.
 ``/metrics`` (HAMi 2.8's names, ``hami_build_info``, latency histograms) is served on

@@ -41,9 +41,10 @@ NVIDIA's hook (:class:`NvidiaAdmission`) is HAMi's MutateAdmission step by step.
 difference: env vars it adds replace an entry of the same name instead of appending a duplicate
 (the effective value is the same, and a re-invoked webhook stays idempotent).
 
-Seam for a DRA translation mode (k8s-apis.md §4.2): the webhook handler depends only on the
-:class:`PodAdmitter` Protocol; a DRA admitter would implement it and, since it must create
-ResourceClaims, be given an API port by the composition root.
+Seam for the DRA translation mode (k8s-apis.md §4.2, ``hami.scheduler.dra_admission``): the
+webhook handler depends only on the :class:`PodAdmitter` Protocol. A decision stays pure data: the
+objects the patched pod needs (ResourceClaimTemplates) ride in
+:attr:`AdmissionDecision.prerequisites`, and the handler creates them before answering.
 """
 
 from __future__ import annotations
@@ -94,7 +95,9 @@ class Outcome(StrEnum):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AdmissionDecision:
     """What to answer. ``code`` is the ``status.code`` (200, 403, 400 or 500); ``patch`` the
-    JSON-Patch ops (empty: no patch); ``mutated`` the object after the patch (None if unchanged)."""
+    JSON-Patch ops (empty: no patch); ``mutated`` the object after the patch (None if unchanged);
+    ``prerequisites`` the API objects (full manifests) that must exist before the patched pod is
+    admitted: the webhook handler creates them (an existing one is fine), except on a dry run."""
 
     outcome: Outcome
     code: int
@@ -102,6 +105,7 @@ class AdmissionDecision:
     patch: tuple[PatchOp, ...] = ()
     mutated: Mapping[str, object] | None = None
     warnings: tuple[str, ...] = ()
+    prerequisites: tuple[Mapping[str, object], ...] = ()
 
     @property
     def allowed(self) -> bool:
@@ -115,6 +119,7 @@ class AdmissionDecision:
         patch: Sequence[PatchOp] = (),
         mutated: Mapping[str, object] | None = None,
         warnings: Sequence[str] = (),
+        prerequisites: Sequence[Mapping[str, object]] = (),
     ) -> AdmissionDecision:
         return cls(
             outcome=Outcome.ALLOWED,
@@ -123,6 +128,7 @@ class AdmissionDecision:
             patch=tuple(patch),
             mutated=mutated if patch else None,
             warnings=tuple(warnings),
+            prerequisites=tuple(prerequisites),
         )
 
     @classmethod
@@ -473,6 +479,24 @@ class PodAdmitter(Protocol):
     ) -> AdmissionDecision: ...
 
 
+def screen_request(request: Mapping[str, object]) -> AdmissionDecision | Mapping[str, object]:
+    """Rules 1-2 on an AdmissionReview ``request``: the pod to review, or the decision to answer
+    at once (another operation or kind: allowed untouched; no object: errored 400)."""
+    operation = request.get("operation")
+    if operation is not None and operation != "CREATE":
+        return AdmissionDecision.allow(f"operation {str(operation)[:32]} is not mutated")
+    kind = request.get("kind")
+    if isinstance(kind, Mapping):
+        group, name = kind.get("group", ""), kind.get("kind")
+        if name is not None and (name != "Pod" or group not in ("", None)):
+            return AdmissionDecision.allow(f"kind {str(name)[:64]} is not mutated")
+    obj = request.get("object")
+    if not isinstance(obj, Mapping):
+        what = "missing" if obj is None else f"a {type(obj).__name__}"
+        return AdmissionDecision.error(400, f"request.object: expected a Pod object, got {what}")
+    return obj
+
+
 class PodAdmission:
     """HAMi's pod webhook (rules in the module docstring); one per scheduler process."""
 
@@ -497,19 +521,10 @@ class PodAdmission:
         self, request: Mapping[str, object], *, capacity: ClusterCapacity | None = None
     ) -> AdmissionDecision:
         """Rule 1-2 on the AdmissionReview ``request``, then :meth:`review` of its object."""
-        operation = request.get("operation")
-        if operation is not None and operation != "CREATE":
-            return AdmissionDecision.allow(f"operation {str(operation)[:32]} is not mutated")
-        kind = request.get("kind")
-        if isinstance(kind, Mapping):
-            group, name = kind.get("group", ""), kind.get("kind")
-            if name is not None and (name != "Pod" or group not in ("", None)):
-                return AdmissionDecision.allow(f"kind {str(name)[:64]} is not mutated")
-        obj = request.get("object")
-        if not isinstance(obj, Mapping):
-            what = "missing" if obj is None else f"a {type(obj).__name__}"
-            return AdmissionDecision.error(400, f"request.object: expected a Pod object, got {what}")
-        return self.review(obj, capacity=capacity)
+        screened = screen_request(request)
+        if isinstance(screened, AdmissionDecision):
+            return screened
+        return self.review(screened, capacity=capacity)
 
     def review(
         self, pod: Mapping[str, object], *, capacity: ClusterCapacity | None = None

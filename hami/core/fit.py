@@ -241,7 +241,9 @@ def nvidia_fit(
     """
     origin = request.nums
     nums = origin
-    cores = request.coresreq
+    # HAMi logs "core limit can't exceed 100" and clamps (step 6); cores are read only after that
+    # step, so clamping once here is the same.
+    cores = MAX_CORES if request.coresreq > MAX_CORES else request.coresreq
     memreq_fixed = request.memreq if request.memreq > 0 else 0
     pct = request.mem_percentage_req
     use_pct = request.memreq == 0 and pct != PERCENTAGE_UNSET
@@ -292,8 +294,6 @@ def nvidia_fit(
             reasons[_SLICES] = reasons.get(_SLICES, 0) + 1
             reject((d.id, _SLICES, used, d.count, ""))
             continue
-        if cores > MAX_CORES:  # HAMi logs "core limit can't exceed 100" and clamps
-            cores = MAX_CORES
         totalmem = d.totalmem
         memreq = _go_div(totalmem * pct, 100) if use_pct else memreq_fixed
         if quota is not None:

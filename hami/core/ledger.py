@@ -17,14 +17,15 @@ guessing its usage as zero would let the next pod land on a device that is in fa
 #2958, #2876).
 
 Snapshots are incremental: a mutation marks its node dirty and bumps the ledger generation;
-:meth:`Ledger.snapshot` rebuilds only the dirty nodes and returns the previous snapshot object
-unchanged when nothing moved. Nothing here is thread-safe: the scheduler's single event loop and
-the "no await between snapshot and assume" rule (style guide §3.6) serialise all access.
+:meth:`Ledger.snapshot` rebuilds only the dirty nodes, into persistent containers that share
+everything else with the previous snapshot (O(changed nodes), no copy of the node map or of the
+node orders), and returns the previous snapshot object unchanged when nothing moved. Nothing here
+is thread-safe: the scheduler's single event loop and the "no await between snapshot and assume"
+rule (style guide §3.6) serialise all access.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -37,7 +38,14 @@ from hami.core.mig import NO_MIG, MigUsage, account_instances
 from hami.core.model import MODE_MIG, DeviceInfo, PodDevices
 from hami.core.pod_annotations import decode_mig_uuid
 from hami.core.scoring import node_score
-from hami.core.snapshot import ClusterSnapshot, DeviceUsage, NodeSnapshot, summarise
+from hami.core.snapshot import (
+    ClusterSnapshot,
+    DeviceUsage,
+    NodeOrder,
+    NodeSnapshot,
+    NodeTable,
+    summarise_all,
+)
 
 
 class PodState(StrEnum):
@@ -162,15 +170,14 @@ class Ledger:
         self._pods: dict[PodUID, _Entry] = {}
         self._quarantined: dict[PodUID, NodeName] = {}
         self._ns_usage: dict[tuple[str, str], list[int]] = {}
-        # Snapshot state: the last snapshot, its node views, the nodes changed since, node orders.
+        # Snapshot state: the last snapshot and its persistent parts, the nodes changed since, and
+        # the score each node is ranked by in the orders.
         self._snapshot: ClusterSnapshot | None = None
-        self._views: dict[NodeName, NodeSnapshot] = {}
+        self._table = NodeTable()
+        self._binpack = NodeOrder()
+        self._spread = NodeOrder()
         self._dirty: set[NodeName] = set()
         self._ranked: dict[NodeName, float] = {}
-        self._bp_keys: list[tuple[float, str]] = []
-        self._bp_names: list[NodeName] = []
-        self._sp_keys: list[tuple[float, str]] = []
-        self._sp_names: list[NodeName] = []
 
     # ------------------------------------------------------------------ reading
 
@@ -406,22 +413,40 @@ class Ledger:
         """The current state as an immutable snapshot; the same object while nothing changed."""
         if self._snapshot is not None and not self._dirty:
             return self._snapshot
-        views = dict(self._views)
+        table = self._table.edit()
+        binpack = self._binpack.edit()
+        spread = self._spread.edit()
+        ranked = self._ranked
         for name in self._dirty:
             st = self._nodes.get(name)
             view = self._build(st) if st is not None else None
-            self._rerank(name, view)
+            old = ranked.get(name)
             if view is None:
-                views.pop(name, None)
-            else:
-                views[name] = view
+                table.discard(name)
+                if old is not None:
+                    del ranked[name]
+                    binpack.remove((-old, name))
+                    spread.remove((old, name))
+                continue
+            table[name] = view
+            score = view.score
+            if old == score:  # usage moved within the node's score: the orders stay
+                continue
+            if old is not None:
+                binpack.remove((-old, name))
+                spread.remove((old, name))
+            ranked[name] = score
+            binpack.insert((-score, name), name)
+            spread.insert((score, name), name)
         self._dirty.clear()
-        self._views = views
+        self._table = table.finish()
+        self._binpack = binpack.finish()
+        self._spread = spread.finish()
         self._snapshot = ClusterSnapshot(
             generation=self._generation,
-            nodes=MappingProxyType(views),
-            binpack_order=tuple(self._bp_names),
-            spread_order=tuple(self._sp_names),
+            nodes=self._table,
+            binpack_order=self._binpack,
+            spread_order=self._spread,
         )
         return self._snapshot
 
@@ -473,34 +498,15 @@ class Ledger:
                 devices.append(view)
         st.views = views
         devs = tuple(devices)
-        words = {d.vendor for d in devs if d.vendor}
         return NodeSnapshot(
             name=st.name,
             generation=st.generation,
             devices=devs,
             score=node_score(devs),
             quarantined=tuple(st.quarantine.items()),
-            summaries=MappingProxyType({w: summarise(devs, w) for w in words}),
+            summaries=MappingProxyType(summarise_all(devs)),
             pods=len(st.pods),
         )
-
-    def _rerank(self, name: NodeName, view: NodeSnapshot | None) -> None:
-        old = self._ranked.pop(name, None)
-        if old is not None:
-            i = bisect.bisect_left(self._bp_keys, (-old, name))
-            del self._bp_keys[i], self._bp_names[i]
-            i = bisect.bisect_left(self._sp_keys, (old, name))
-            del self._sp_keys[i], self._sp_names[i]
-        if view is None:
-            return
-        score = view.score
-        self._ranked[name] = score
-        i = bisect.bisect_left(self._bp_keys, (-score, name))
-        self._bp_keys.insert(i, (-score, name))
-        self._bp_names.insert(i, name)
-        i = bisect.bisect_left(self._sp_keys, (score, name))
-        self._sp_keys.insert(i, (score, name))
-        self._sp_names.insert(i, name)
 
     # ------------------------------------------------------------------ internals
 

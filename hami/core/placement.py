@@ -30,7 +30,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Final
+from typing import Final, cast
 
 from hami.core.errors import HamiError, InvalidRequest
 from hami.core.fit import (
@@ -56,7 +56,7 @@ from hami.core.policy import (
 )
 from hami.core.requests import PodRequest
 from hami.core.scoring import RequestLoad, add_score, device_scores
-from hami.core.snapshot import ClusterSnapshot, DeviceUsage, NodeSnapshot
+from hami.core.snapshot import ClusterSnapshot, DeviceUsage, NodeSnapshot, NodeTable
 from hami.core.vendor import Vendor, VendorRegistry
 
 logger = logging.getLogger(__name__)
@@ -156,7 +156,14 @@ class Unschedulable:
         reasons in the ``n/m Reason`` format count, as in HAMi (spec §5.9)."""
         by_reason: dict[str, list[str]] = {}
         for name, failure in self.failures.items():
-            for item in failure.detail.split(", "):
+            if not failure.note:
+                # The detail is reason_text(counts): one "n/m Reason" item per counted reason,
+                # so the counts give the reasons without formatting and parsing that text.
+                for reason in failure.counts:
+                    if reason:
+                        by_reason.setdefault(reason, []).append(name)
+                continue
+            for item in failure.note.split(", "):
                 count, sep, reason = item.partition(" ")
                 if sep and "/" in count and reason:
                     by_reason.setdefault(reason, []).append(name)
@@ -206,16 +213,19 @@ def schedule(
     if request.is_empty:
         raise InvalidRequest(f"pod {request.namespace}/{request.name} requests no device")
     plan = _plan(request, vendors, default_node_policy, default_gpu_policy, quota)
-    names = dict.fromkeys(NodeName(n) for n in candidates)
+    # NodeName is a NewType (a str at run time): no per-name conversion for 500 candidates.
+    names: dict[NodeName, None] = dict.fromkeys(cast("Iterable[NodeName]", candidates))
     failures: dict[NodeName, NodeFailure] = {}
     fits: list[NodeFit] = []
     nodes = snapshot.nodes
-    for name in names:
-        if name not in nodes:
-            failures[name] = NodeFailure(node=name, reason=NODE_UNREGISTERED)
+    registered = nodes.names if isinstance(nodes, NodeTable) else nodes.keys()
+    if not names.keys() <= registered:  # a C-level subset test; the loop only when one is missing
+        for name in names:
+            if name not in nodes:
+                failures[name] = NodeFailure(node=name, reason=NODE_UNREGISTERED)
 
     early_exit = not evaluate_all and not any(v.scores_nodes for v in plan.vendors_used)
-    quick: list[NodeName] = []
+    quick: list[NodeSnapshot] = []
     for name in _visit_order(snapshot, names, plan.node_policy):
         node = nodes[name]
         if node.quarantined:
@@ -223,7 +233,7 @@ def schedule(
             continue
         result = _evaluate(node, plan, bound=early_exit, need_devices=early_exit)
         if result is _QUICK:
-            quick.append(name)
+            quick.append(node)
             continue
         if isinstance(result, NodeFailure):
             failures[name] = result
@@ -233,19 +243,20 @@ def schedule(
             break
 
     if not fits:
-        for name in quick:  # exact reasons for the nodes the bound skipped
-            result = _evaluate(nodes[name], plan, bound=False, need_devices=False)
+        for node in quick:  # exact reasons for the nodes the bound skipped
+            result = _evaluate(node, plan, bound=False, need_devices=False)
             if isinstance(result, NodeFit):  # a vendor's bound was wrong: still place correctly
-                logger.error("prefilter of %s rejected node %s, which fits", plan.vendors_used, name)
+                logger.error("prefilter of %s rejected node %s, which fits", plan.vendors_used, node.name)
                 fits.append(result)
             else:
-                failures[name] = result
+                failures[node.name] = result
         if not fits:
             return Unschedulable(generation=snapshot.generation, failures=MappingProxyType(failures))
-    for name in quick:
-        if name not in failures and all(f.node != name for f in fits):
-            failures[name] = NodeFailure(
-                node=name, reason=_UNFIT, note="cannot fit (bound); reasons not computed"
+    fitting = {f.node for f in fits}
+    for node in quick:
+        if node.name not in failures and node.name not in fitting:
+            failures[node.name] = NodeFailure(
+                node=node.name, reason=_UNFIT, note="cannot fit (bound); reasons not computed"
             )
     if plan.node_policy is NodePolicy.SPREAD:
         fits.sort(key=lambda f: (f.score, f.node))
@@ -357,12 +368,15 @@ def _plan(
 
 def _visit_order(
     snapshot: ClusterSnapshot, names: Mapping[NodeName, None], policy: NodePolicy
-) -> Sequence[NodeName]:
-    """Registered candidates, best default score first (ties: node name ascending)."""
+) -> Iterable[NodeName]:
+    """Registered candidates, best default score first (ties: node name ascending).
+
+    With many candidates, the snapshot's precomputed order filtered lazily: a decision that stops
+    at the first fitting node reads only the head of the order."""
     nodes = snapshot.nodes
     order = snapshot.spread_order if policy is NodePolicy.SPREAD else snapshot.binpack_order
     if len(order) == len(nodes) and len(names) * 4 >= len(order):
-        return [n for n in order if n in names]
+        return (n for n in order if n in names)
     present = [n for n in names if n in nodes]
     if policy is NodePolicy.SPREAD:
         present.sort(key=lambda n: (nodes[n].score, n))
@@ -398,8 +412,16 @@ def _evaluate(node: NodeSnapshot, plan: _Plan, *, bound: bool, need_devices: boo
         assert impl is not None
         if req.nums > ndev:
             return _failure(node, plan.first, name, Reason.NODE_INSUFFICIENT_DEVICE)
-        own = [d for d in devs if name in d.type]
-        if not any(d.mode == MODE_MIG for d in own):
+        # The node's summary of this vendor (same ``name in d.type`` test) saves a pass over the
+        # devices when they are all this vendor's and none is in MIG mode.
+        summary = node.summaries.get(name)
+        own: Sequence[DeviceUsage]
+        if summary is not None and summary.devices == ndev:
+            own, mig = devs, summary.mig > 0
+        else:
+            own = [d for d in devs if name in d.type]
+            mig = any(d.mode == MODE_MIG for d in own)
+        if not mig:
             result = impl.fit(own, req, plan.contexts[name], ())
             if not result.ok:
                 return _unfit(node, plan.first, name, result)

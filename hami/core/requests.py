@@ -76,8 +76,13 @@ class ContainerResources:
         for section, values in (("limits", self.limits), ("requests", self.requests)):
             if resource not in values:
                 continue
-            where = f"{self.where}.resources.{section}[{resource!r}]"
             raw = values[resource]
+            # Fast path: a plain decimal string ("4000"), the usual form, needs no Fraction. Up to
+            # 9 ASCII digits it is an exact non-negative integer below INT32_MAX; anything else
+            # (signs, suffixes, Unicode digits, long strings) takes the full parser and checks.
+            if type(raw) is str and 0 < len(raw) <= 9 and raw.isascii() and raw.isdigit():
+                return int(raw)
+            where = f"{self.where}.resources.{section}[{resource!r}]"
             if isinstance(raw, bool) or not isinstance(raw, str | int | float):
                 raise InvalidRequest(f"{where}: expected a quantity, got {type(raw).__name__}")
             try:
@@ -283,8 +288,10 @@ class PodRequest:
 
     ``containers`` has one entry per regular container, in order, including containers that request
     nothing (positions are what the pod annotations encode). ``selectors`` is keyed by vendor
-    common word. ``gpu_policy``/``node_policy`` are the raw annotation values (None when absent);
-    unknown values keep HAMi's fallbacks, decided by the scoring code.
+    common word, for NVIDIA and the vendors the containers request (:meth:`selectors_for` gives
+    the unconstrained default for any other). ``gpu_policy``/``node_policy`` are the raw
+    annotation values (None when absent); unknown values keep HAMi's fallbacks, decided by the
+    scoring code.
     """
 
     uid: str = ""
@@ -350,12 +357,21 @@ def pod_request(
             raise InvalidRequest(f"metadata.{key}: expected a string, got {type(value).__name__}")
         return value
 
+    # Selectors are read only for the vendors a container requests (placement and admission ask
+    # no other): reading every registered vendor's annotations was a third of a request's cost.
+    # NVIDIA's are always read, for their warning on a malformed numa-bind value.
+    requested = {vendor for container in containers for vendor in container.devices}
+    requested.add(NVIDIA)
     return PodRequest(
         uid=meta_str("uid"),
         namespace=meta_str("namespace"),
         name=meta_str("name"),
         containers=tuple(containers),
-        selectors={reader.vendor: reader.selectors(annotations, warnings) for reader in all_readers},
+        selectors={
+            reader.vendor: reader.selectors(annotations, warnings)
+            for reader in all_readers
+            if reader.vendor in requested
+        },
         gpu_policy=annotations.get(keys.GPU_SCHEDULER_POLICY),
         node_policy=annotations.get(keys.NODE_SCHEDULER_POLICY),
         annotations=annotations,

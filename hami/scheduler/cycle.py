@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -48,7 +48,12 @@ from hami.k8s.objects import PODS
 from hami.k8s.patches import metadata_patch
 from hami.metrics.instruments import SchedulerInstruments
 from hami.scheduler.events import FILTERING_FAILED, FILTERING_SUCCEED, EventSink, PodRef, pod_ref
-from hami.scheduler.explain import WhyBook, error_record, scheduled_record, unschedulable_record
+from hami.scheduler.explain import (
+    WhyBook,
+    error_record,
+    pending_scheduled_record,
+    pending_unschedulable_record,
+)
 from hami.scheduler.leadership import Leadership
 from hami.scheduler.state import Assumption, SchedulerState
 
@@ -211,8 +216,10 @@ class FilterCycle:
         self._decided.move_to_end(request.uid)
         if len(self._decided) > REQUEST_MEMO:
             self._decided.popitem(last=False)
-        self.why.put(
-            scheduled_record(request, result, when=now, candidates=len(candidates), annotations=annotations)
+        self.why.put(  # formatted when read: annotations is not changed after this point
+            pending_scheduled_record(
+                request, result, when=now, candidates=len(candidates), annotations=annotations
+            )
         )
         return _Prepared(
             outcome=FilterOutcome(node_names=(result.node,)),
@@ -268,7 +275,7 @@ class FilterCycle:
                 )
                 failed[name] = NODE_QUARANTINED
         self.why.put(
-            unschedulable_record(
+            pending_unschedulable_record(
                 request,
                 result,
                 when=now,
@@ -282,10 +289,14 @@ class FilterCycle:
         self.events.emit(
             ref, "Warning", FILTERING_FAILED, f"no available node, {len(candidates)} nodes do not meet"
         )
-        if self.instruments is not None:
+        if self.instruments is not None:  # one counter update per reason, not per node
+            per_reason: Counter[str] = Counter()
             for failure in result.failures.values():
-                for reason in failure.counts or {failure.note or failure.reason: 1}:
-                    self.instruments.filter_failed(reason)
+                per_reason.update(
+                    failure.counts.keys() if failure.counts else (failure.note or failure.reason,)
+                )
+            for reason, count in per_reason.items():
+                self.instruments.filter_failed(reason, count)
         return _Prepared(outcome=FilterOutcome(failed_nodes=MappingProxyType(failed)))
 
     async def _persist(self, prepared: _Prepared, pod: Mapping[str, Any]) -> FilterOutcome:

@@ -8,12 +8,17 @@ lives here, in memory, per pending pod, bounded (least recently written records 
 record keeps at most ``max_nodes`` nodes, counting the rest), and is served as JSON at
 ``GET /why/{ns}/{pod}``.
 A successful decision replaces the record with a short one; a deleted pod's record is dropped.
+
+The filter path stores a :class:`PendingRecord`: it keeps what the record is made of (the
+request, the kept failures, which are immutable and computed anyway) and formats the node and
+device lines only when the record is read, so a failed filter of 500 nodes does not format
+thousands of device messages that nobody may ask for.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -148,11 +153,63 @@ def unschedulable_record(
     max_nodes: int,
     overrides: Mapping[str, NodeFailure] | None = None,
 ) -> WhyRecord:
+    kept, omitted = _kept_failures(result, max_nodes, overrides)
+    return _unschedulable(request, result.generation, kept, omitted, when, candidates)
+
+
+PENDING_FACTOR = 4
+
+
+def pending_unschedulable_record(
+    request: PodRequest,
+    result: Unschedulable,
+    *,
+    when: datetime,
+    candidates: int,
+    max_nodes: int,
+    overrides: Mapping[str, NodeFailure] | None = None,
+) -> PendingRecord:
+    """:func:`unschedulable_record`, formatted on first read.
+
+    The failures (immutable, device rejections as plain tuples) take about the memory of the
+    formatted lines of as many nodes, so up to ``PENDING_FACTOR × max_nodes`` of them are kept
+    as they are and the ``max_nodes`` shown are chosen on read; beyond that they are chosen now,
+    so a record never holds more than the formatted one would, by that factor."""
+    generation = result.generation
+    if len(result.failures) + len(overrides or ()) > PENDING_FACTOR * max_nodes:
+        kept, omitted = _kept_failures(result, max_nodes, overrides)
+        return PendingRecord(
+            request.namespace,
+            request.name,
+            request.uid,
+            lambda: _unschedulable(request, generation, kept, omitted, when, candidates),
+        )
+
+    def build() -> WhyRecord:
+        chosen, left = _kept_failures(result, max_nodes, overrides)
+        return _unschedulable(request, generation, chosen, left, when, candidates)
+
+    return PendingRecord(request.namespace, request.name, request.uid, build)
+
+
+def _kept_failures(
+    result: Unschedulable, max_nodes: int, overrides: Mapping[str, NodeFailure] | None
+) -> tuple[list[NodeFailure], int]:
     failures: dict[str, NodeFailure] = {str(k): v for k, v in result.failures.items()}
     if overrides:
         failures.update(overrides)
     ordered = sorted(failures.values(), key=lambda f: (f.reason, f.node))
-    kept = ordered[:max_nodes]
+    return ordered[:max_nodes], max(0, len(ordered) - max_nodes)
+
+
+def _unschedulable(
+    request: PodRequest,
+    generation: int,
+    kept: Sequence[NodeFailure],
+    omitted: int,
+    when: datetime,
+    candidates: int,
+) -> WhyRecord:
     return WhyRecord(
         namespace=request.namespace,
         name=request.name,
@@ -160,11 +217,11 @@ def unschedulable_record(
         time=_stamp(when),
         outcome="unschedulable",
         message=f"0/{candidates} nodes fit",
-        generation=result.generation,
+        generation=generation,
         candidates=candidates,
         request=request_lines(request),
         nodes=tuple(_node_line(f) for f in kept),
-        omitted_nodes=len(ordered) - len(kept),
+        omitted_nodes=omitted,
     )
 
 
@@ -191,6 +248,25 @@ def scheduled_record(
     )
 
 
+def pending_scheduled_record(
+    request: PodRequest,
+    decision: Decision,
+    *,
+    when: datetime,
+    candidates: int,
+    annotations: Mapping[str, str],
+) -> PendingRecord:
+    """:func:`scheduled_record`, formatted on first read (``annotations`` must not change)."""
+    return PendingRecord(
+        request.namespace,
+        request.name,
+        request.uid,
+        lambda: scheduled_record(
+            request, decision, when=when, candidates=candidates, annotations=annotations
+        ),
+    )
+
+
 def error_record(namespace: str, name: str, uid: str, message: str, *, when: datetime) -> WhyRecord:
     return WhyRecord(
         namespace=namespace, name=name, uid=uid, time=_stamp(when), outcome="error", message=message
@@ -201,6 +277,26 @@ def _stamp(when: datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class PendingRecord:
+    """A :class:`WhyRecord` built on first read (then kept), from immutable inputs."""
+
+    __slots__ = ("_build", "_record", "name", "namespace", "uid")
+
+    def __init__(self, namespace: str, name: str, uid: str, build: Callable[[], WhyRecord]) -> None:
+        self.namespace = namespace
+        self.name = name
+        self.uid = uid
+        self._build: Callable[[], WhyRecord] | None = build
+        self._record: WhyRecord | None = None
+
+    def record(self) -> WhyRecord:
+        if self._record is None:
+            assert self._build is not None
+            self._record = self._build()
+            self._build = None  # drop the inputs: the record is all that is needed now
+        return self._record
+
+
 class WhyBook:
     """Bounded in-memory records keyed by ``namespace/name`` (least recently written evicted)."""
 
@@ -208,9 +304,9 @@ class WhyBook:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self.capacity = capacity
-        self._records: OrderedDict[str, WhyRecord] = OrderedDict()
+        self._records: OrderedDict[str, WhyRecord | PendingRecord] = OrderedDict()
 
-    def put(self, record: WhyRecord) -> None:
+    def put(self, record: WhyRecord | PendingRecord) -> None:
         key = f"{record.namespace}/{record.name}"
         self._records.pop(key, None)
         self._records[key] = record
@@ -218,7 +314,12 @@ class WhyBook:
             self._records.popitem(last=False)
 
     def get(self, namespace: str, name: str) -> WhyRecord | None:
-        return self._records.get(f"{namespace}/{name}")
+        key = f"{namespace}/{name}"
+        record = self._records.get(key)
+        if isinstance(record, PendingRecord):
+            record = record.record()
+            self._records[key] = record  # same position: reading is not writing
+        return record
 
     def drop(self, namespace: str, name: str, uid: str | None = None) -> None:
         key = f"{namespace}/{name}"

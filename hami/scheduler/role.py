@@ -38,6 +38,7 @@ from hami.runtime.tasks import create_guarded_task, shielded, stop_tasks
 from hami.scheduler.app import Listener, RouteFactory, build_app, listen
 from hami.scheduler.binder import Binder, BinderSettings
 from hami.scheduler.cycle import CycleSettings, FilterCycle
+from hami.scheduler.dra_admission import webhook_admitter
 from hami.scheduler.events import EventSink
 from hami.scheduler.explain import WhyBook
 from hami.scheduler.extender import ExtenderService
@@ -160,8 +161,17 @@ class SchedulerRole:
             vendors=admission_vendors(self.registry),
             readers=self.registry.request_readers(),
         )
+        admitter, templates = webhook_admitter(
+            admission,
+            cfg,
+            api,
+            nvidia=self.device_config.nvidia,
+            readers=self.registry.request_readers(),
+        )
         self.webhook = WebhookHandler(
-            admission, capacity=SnapshotCapacity(self.state.ledger.snapshot, lambda: self.state.synced)
+            admitter,
+            capacity=SnapshotCapacity(self.state.ledger.snapshot, lambda: self.state.synced),
+            prerequisites=templates,
         )
         self.stopping = False
         self.service = ExtenderService(

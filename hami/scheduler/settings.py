@@ -8,10 +8,12 @@ HAMi 2.8's flag spellings are kept where they exist (``--http_bind``, ``--cert_f
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
 from hami.config.settings import InvalidSetting, Settings, setting
+from hami.core.dra_translate import DRIVER_NAME
 from hami.core.policy import GpuPolicy, NodePolicy
 from hami.runtime.console import ConsoleSettings, role_console_settings
 
@@ -22,6 +24,9 @@ SCHEDULER_CONSOLE_PORT: Final = 20111
 the DRA plugin 20131, so the roles of one machine never collide."""
 LEADER_ELECT_OWN: Final = "own"
 LEADER_ELECT_FOLLOW: Final = "follow-kube-scheduler"
+DRA_MODE_OFF: Final = "off"
+DRA_MODE_TRANSLATE: Final = "translate"
+_DNS_SUBDOMAIN: Final = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 def split_host_port(address: str, *, what: str = "address") -> tuple[str, int]:
@@ -156,6 +161,17 @@ class SchedulerSection:
         "pod's kube-scheduler (holder <hostname>_...) holds it, as HAMi 2.8 does",
         flag="--leader-elect-mode",
     )
+    dra_mode: str = setting(
+        DRA_MODE_OFF,
+        "webhook: 'translate' turns NVIDIA GPU requests into ResourceClaimTemplate references for "
+        "the DRA plugin (schedulerName left alone); 'off' keeps HAMi's device-plugin path",
+        flag="--dra-mode",
+    )
+    dra_driver_name: str = setting(
+        DRIVER_NAME,
+        "with --dra-mode=translate: the DRA driver and DeviceClass the claims name",
+        flag="--dra-driver-name",
+    )
 
     def __post_init__(self) -> None:
         try:
@@ -193,6 +209,15 @@ class SchedulerSection:
             )
         if self.cache_wait < 0:
             raise InvalidSetting("cache_wait", f"must be >= 0, got {self.cache_wait}")
+        if self.dra_mode not in (DRA_MODE_OFF, DRA_MODE_TRANSLATE):
+            raise InvalidSetting(
+                "dra_mode", f"must be {DRA_MODE_OFF} or {DRA_MODE_TRANSLATE}, got {self.dra_mode!r}"
+            )
+        if not _DNS_SUBDOMAIN.fullmatch(self.dra_driver_name) or len(self.dra_driver_name) > 63:
+            raise InvalidSetting(
+                "dra_driver_name",
+                f"must be a DNS subdomain of at most 63 characters, got {self.dra_driver_name!r}",
+            )
         for name in ("why_capacity", "why_max_nodes"):
             if getattr(self, name) < 1:
                 raise InvalidSetting(name, f"must be >= 1, got {getattr(self, name)}")

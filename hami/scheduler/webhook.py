@@ -15,6 +15,13 @@ malformed JSON, wrong apiVersion/kind, missing ``request``/``uid``/``object``, u
 an unexpected exception is logged and answered 500. The handler never fails the HTTP request, so
 the API server always gets a decision (``failurePolicy: Ignore`` only covers transport failures).
 
+The decision itself is synchronous (:meth:`WebhookHandler.respond`). An allowed decision with
+``prerequisites`` (the DRA mode's ResourceClaimTemplates) is only answered by
+:meth:`WebhookHandler.answer` once the handler's :data:`PrerequisiteCreator` made them exist;
+skipped when ``request.dryRun`` is true (the registration says ``sideEffects: NoneOnDryRun``).
+A creation failure turns the answer into errored 500 with the creator's message, so a pod is
+never admitted pointing at a template that does not exist.
+
 Wiring (composition root / ``hami.scheduler.app``)::
 
     admission = PodAdmission(device_config, AdmissionOptions(scheduler_name=..., ...))
@@ -27,7 +34,8 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 import orjson
@@ -40,6 +48,7 @@ from hami.core.admission import (
     PodAdmitter,
     capacity_of,
 )
+from hami.core.errors import HamiError
 from hami.core.snapshot import ClusterSnapshot
 
 logger = logging.getLogger(__name__)
@@ -54,6 +63,10 @@ _EXCERPT: Final = 64
 
 CapacityProvider = Callable[[], ClusterCapacity | None]
 """Registered device capacity from the scheduler's cache; None while the cache is not synced."""
+
+PrerequisiteCreator = Callable[[Sequence[Mapping[str, object]]], Awaitable[None]]
+"""Makes every given object exist (already existing is fine). Raises :class:`HamiError` whose
+message is put in the errored AdmissionReview; anything else is logged and answered 500."""
 
 
 def _short(value: object) -> str:
@@ -84,20 +97,31 @@ class _BadReview(Exception):
     """An unusable AdmissionReview: answered as errored 400 with this message."""
 
 
-class WebhookHandler:
-    """The ``/webhook`` endpoint. :meth:`respond` is the whole logic, synchronous and total."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Verdict:
+    api_version: str
+    uid: str
+    decision: AdmissionDecision
+    dry_run: bool = False
 
-    __slots__ = ("_admitter", "_capacity", "max_body")
+
+class WebhookHandler:
+    """The ``/webhook`` endpoint. :meth:`respond` is the decision, synchronous and total;
+    :meth:`answer` adds the creation of the decision's prerequisites (see the module docstring)."""
+
+    __slots__ = ("_admitter", "_capacity", "_prerequisites", "max_body")
 
     def __init__(
         self,
         admitter: PodAdmitter,
         *,
         capacity: CapacityProvider | None = None,
+        prerequisites: PrerequisiteCreator | None = None,
         max_body: int = DEFAULT_MAX_BODY,
     ) -> None:
         self._admitter = admitter
         self._capacity = capacity
+        self._prerequisites = prerequisites
         self.max_body = max_body
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -105,9 +129,35 @@ class WebhookHandler:
         review = (
             _errored_review(API_V1, "", f"request body larger than {self.max_body} bytes")
             if body is None
-            else self.respond(body, request.content_type)
+            else await self.answer(body, request.content_type)
         )
         return web.Response(body=orjson.dumps(review), content_type="application/json")
+
+    async def answer(self, body: bytes, content_type: str) -> dict[str, object]:
+        """The AdmissionReview answering ``body``, after creating what an allowed decision needs
+        (not on a dry run); never raises (but BaseException)."""
+        verdict = self._decide(body, content_type)
+        decision = verdict.decision
+        if decision.allowed and decision.prerequisites and not verdict.dry_run:
+            decision = await self._create_prerequisites(verdict)
+        return _review(verdict.api_version, verdict.uid, decision)
+
+    async def _create_prerequisites(self, verdict: _Verdict) -> AdmissionDecision:
+        wanted = verdict.decision.prerequisites
+        what = ", ".join(sorted({_object_ref(o) for o in wanted}))
+        if self._prerequisites is None:
+            return AdmissionDecision.error(
+                500, f"the pod needs {what}, but this webhook has no API client to create them"
+            )
+        try:
+            await self._prerequisites(wanted)
+        except HamiError as e:  # the creator's message names the object and the problem
+            logger.warning("webhook: uid=%s: %s", _short(verdict.uid), e)
+            return AdmissionDecision.error(500, str(e))
+        except Exception as e:
+            logger.exception("webhook: uid=%s: creating %s failed", _short(verdict.uid), what)
+            return AdmissionDecision.error(500, f"cannot create {what}: internal error: {type(e).__name__}")
+        return verdict.decision
 
     async def _read(self, request: web.Request) -> bytes | None:
         chunks: list[bytes] = []
@@ -120,7 +170,12 @@ class WebhookHandler:
         return b"".join(chunks)
 
     def respond(self, body: bytes, content_type: str) -> dict[str, object]:
-        """The AdmissionReview answering ``body``; never raises (but BaseException)."""
+        """The AdmissionReview of the decision on ``body``, without creating its prerequisites
+        (:meth:`answer` does); never raises (but BaseException)."""
+        verdict = self._decide(body, content_type)
+        return _review(verdict.api_version, verdict.uid, verdict.decision)
+
+    def _decide(self, body: bytes, content_type: str) -> _Verdict:
         api_version, uid = API_V1, ""
         try:
             if content_type != "application/json":
@@ -144,13 +199,19 @@ class WebhookHandler:
             capacity = self._capacity() if self._capacity is not None else None
             decision = self._admitter.review_request(request, capacity=capacity)
             _log(request, decision)
-            return _review(api_version, uid, decision)
+            return _Verdict(
+                api_version=api_version, uid=uid, decision=decision, dry_run=request.get("dryRun") is True
+            )
         except _BadReview as e:
             logger.info("webhook: bad AdmissionReview: %s", e)
-            return _errored_review(api_version, uid, str(e))
+            return _Verdict(api_version=api_version, uid=uid, decision=AdmissionDecision.error(400, str(e)))
         except Exception as e:
             logger.exception("webhook: internal error on AdmissionReview uid=%s", _short(uid))
-            return _errored_review(api_version, uid, f"internal error: {type(e).__name__}", code=500)
+            return _Verdict(
+                api_version=api_version,
+                uid=uid,
+                decision=AdmissionDecision.error(500, f"internal error: {type(e).__name__}"),
+            )
 
 
 def _check_envelope(review: Mapping[str, object]) -> None:
@@ -192,6 +253,16 @@ def _review(api_version: str, uid: str, decision: AdmissionDecision) -> dict[str
 
 def _errored_review(api_version: str, uid: str, message: str, *, code: int = 400) -> dict[str, object]:
     return _review(api_version, uid, AdmissionDecision.error(code, message))
+
+
+def _object_ref(obj: Mapping[str, object]) -> str:
+    """``ResourceClaimTemplate demo/hami-gpu-1x4000mi-0c`` for messages."""
+    meta = obj.get("metadata")
+    name, namespace = "", ""
+    if isinstance(meta, Mapping):
+        name, namespace = str(meta.get("name") or ""), str(meta.get("namespace") or "")
+    where = f"{namespace}/{name}" if namespace else name
+    return f"{_short(obj.get('kind') or 'object')} {_short(where)}"
 
 
 def _log(request: Mapping[str, object], decision: AdmissionDecision) -> None:

@@ -42,7 +42,11 @@ def request_info(method: str, path: str, query: Mapping[str, str] | None = None)
     if watch_path:
         rest = rest[1:]
     namespace = ""
-    if rest[:1] == ["namespaces"] and len(rest) >= 3:
+    if (
+        rest[:1] == ["namespaces"]
+        and len(rest) >= 3
+        and not (len(rest) == 3 and rest[2] in ("status", "finalize"))
+    ):
         namespace, rest = rest[1], rest[2:]
     if not rest:
         return RequestInfo(verb="")

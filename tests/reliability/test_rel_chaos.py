@@ -94,6 +94,7 @@ def test_request_info_names_verbs_and_resources() -> None:
     assert (info.verb, info.resource, info.namespace, info.name) == ("create", "pods/binding", "ns", "p")
     assert request_info("PATCH", "/api/v1/nodes/n1/status").resource == "nodes/status"
     assert request_info("GET", "/api/v1/namespaces/default").resource == "namespaces"
+    assert request_info("PUT", "/api/v1/namespaces/default/finalize").resource == "namespaces/finalize"
     lease = request_info("PUT", "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases/hami")
     assert (lease.verb, lease.resource, lease.name) == ("update", "leases", "hami")
     assert request_info("DELETE", "/api/v1/namespaces/ns/pods").verb == "deletecollection"

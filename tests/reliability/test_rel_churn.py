@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 RUNNING_OR_DONE = ("Running", "Succeeded")
 FAULTS = (
     "drop", "drop-clean", "expire", "throttle", "fail-patch", "delay", "reorder", "pause",
-    "hang-bind", "cut-bind", "monitor-sigkill",
+    "hang-bind", "cut-bind", "monitor-sigkill", "clock-skew",
 )  # fmt: skip
 
 
@@ -81,6 +81,9 @@ async def inject_api_faults(rel: RelCluster, rng: random.Random, stop: asyncio.E
             api.time_out(verbs={"create"}, resources={"pods/binding"}, times=1)
         elif fault == "cut-bind":  # ... or loses its connection
             api.time_out(verbs={"create"}, resources={"pods/binding"}, times=1, after_s=0.3)
+        elif fault == "clock-skew":  # kubelet heartbeats, Lease renewals and pod times an hour off
+            rel.chaos.skew_clock("node-2", 3600)
+            rel.chaos.skew_clock("node-3", -3600)
         elif fault == "monitor-sigkill":
             await rel.monitors["node-1"].kill()
             await rel.monitors["node-1"].start()
@@ -88,7 +91,7 @@ async def inject_api_faults(rel: RelCluster, rng: random.Random, stop: asyncio.E
             async with api.paused_for():
                 await asyncio.sleep(0.5)
         done.append(fault)
-    api.clear()
+    rel.chaos.clear()
     return done
 
 

@@ -166,7 +166,7 @@ admission_reviews = st.fixed_dictionaries(
         "kind": st.sampled_from(["AdmissionReview", "Pod", ""]),
         "request": st.fixed_dictionaries(
             {
-                "uid": st.uuids().map(str) | st.text(max_size=5) | st.integers(),
+                "uid": st.uuids().map(str) | st.text(max_size=5) | st.integers(-(2**63), 2**63 - 1),
                 "kind": st.just({"group": "", "version": "v1", "kind": "Pod"}) | json_values,
                 "operation": st.sampled_from(["CREATE", "UPDATE", "DELETE", "x"]),
                 "namespace": st.sampled_from(["default", ""]),

@@ -62,7 +62,7 @@ PROBE_PERIOD: Final = 0.1  # the readiness probe of the Service's endpoints (the
 
 GPUS: Final = 4
 GPU_MEMORY: Final = 16000
-GPU_SPLIT: Final = 10
+GPU_SPLIT: Final = 20  # tasks per GPU: room for the 200-pod stream (the memory is what fills up)
 
 WRITE_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 HOP_HEADERS: Final = frozenset(
