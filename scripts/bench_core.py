@@ -5,6 +5,8 @@ each decision draws 500 candidate nodes and a pod (mostly 1 GPU with 2-20 GiB an
 some 2/4/8-GPU or exclusive pods) and runs what the scheduler's Filter runs with no ``await`` in
 between. Prints p50/p99/max per phase, plus the unchanged-snapshot cost, the cost of evaluating
 every candidate, and the cost of an unschedulable pod (full reasons from every candidate).
+Also prints the CPU time per decision (``time.process_time``, which a busy host moves much less
+than wall time) and the load average while measuring.
 
     python scripts/bench_core.py [--nodes 1000] [--gpus 8] [--candidates 500] [--decisions 300]
 """
@@ -12,6 +14,7 @@ every candidate, and the cost of an unschedulable pod (full reasons from every c
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import time
@@ -139,9 +142,12 @@ def main() -> int:
     unchanged_t: list[float] = []
     rebuild_t: list[float] = []
     placed = 0
+    load_before = os.getloadavg()[0]
+    cpu_decisions = 0.0
     for i in range(args.decisions):
         candidates = rng.sample(names, args.candidates)
         request = pod(rng, f"pod-{i}")
+        cpu_start = time.process_time()
         start = time.perf_counter()
         snap = ledger.snapshot()
         t1 = time.perf_counter()
@@ -151,13 +157,18 @@ def main() -> int:
             ledger.assume(request.uid, result.node, result.devices, namespace=request.namespace)
             placed += 1
         t3 = time.perf_counter()
+        cpu_decisions += time.process_time() - cpu_start
         snap_t.append(t1 - start)
         sched_t.append(t2 - t1)
         assume_t.append(t3 - t2)
         total_t.append(t3 - start)
         rebuild_t.append(timed(ledger.snapshot)[0])  # the assume changed one node
         unchanged_t.append(timed(ledger.snapshot)[0])
-    print(f"decisions: {args.decisions}, placed {placed}")
+    print(
+        f"decisions: {args.decisions}, placed {placed}; CPU {cpu_decisions / args.decisions * 1000:.3f} ms "
+        f"per decision; load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after "
+        f"({os.cpu_count()} CPUs)"
+    )
     report("decision (snapshot+schedule+assume)", total_t)
     report("  snapshot (nothing changed)", snap_t)
     report("  schedule", sched_t)

@@ -9,16 +9,24 @@ decided pod sent asynchronously.
 
     python scripts/bench_scheduler.py                  # 1000 nodes x 8 GPUs, 500 candidates
     python scripts/bench_scheduler.py --pods 5000 --json
+    python scripts/bench_scheduler.py --profile out.prof   # cProfile of the measured loop only
 
 Goal (issue 4): filter p99 <= 10 ms and >= 300 filter+bind decisions/s.
+
+Wall-clock figures depend on what else the host runs (the load average is printed with them);
+``cpu_ms_per_decision`` is this process's CPU time per decision (client side included) and moves
+much less with the load. After the run, the ledger's snapshot cost is measured on the final state:
+after one node changed (what every decision pays for the previous one) and with nothing changed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import gc
 import json
+import os
 import random
 import statistics
 import time
@@ -29,8 +37,10 @@ from typing import Any
 import aiohttp
 
 from hami.core import keys
+from hami.core.errors import LedgerError
 from hami.core.ids import DeviceID
-from hami.core.model import DeviceInfo
+from hami.core.ledger import Ledger
+from hami.core.model import NVIDIA, ContainerDevice, DeviceInfo
 from hami.core.node_annotations import encode_node_devices
 from hami.k8s.objects import Resource
 from hami.k8s.patches import Patch
@@ -118,6 +128,42 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
+def snapshot_costs(
+    ledger: Ledger, names: list[str], rng: random.Random, rounds: int = 400
+) -> dict[str, float]:
+    """Microseconds of ``ledger.snapshot()`` after one node changed, and with nothing changed.
+
+    A node is changed by assuming (then forgetting) a 1 MiB pod on one of its devices: each of the
+    two steps dirties that node, as a decision's assume does."""
+    changed: list[float] = []
+    unchanged: list[float] = []
+    for i in range(rounds):
+        node = rng.choice(names)
+        view = ledger.snapshot().node(node)
+        if view is None:
+            continue
+        device = ContainerDevice(uuid=view.devices[0].id, type=NVIDIA, usedmem=1, usedcores=0)
+        uid = f"snapshot-probe-{i}"
+        try:
+            ledger.assume(uid, node, {NVIDIA: ((device,),)}, namespace="bench")
+        except LedgerError:  # that device is full: another node next round
+            continue
+        for step in (None, uid):
+            if step is not None:
+                ledger.forget(step)
+            t0 = time.perf_counter()
+            ledger.snapshot()
+            changed.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            ledger.snapshot()
+            unchanged.append(time.perf_counter() - t0)
+    return {
+        "snapshot_one_node_changed_p50_us": round(statistics.median(changed) * 1e6, 1),
+        "snapshot_one_node_changed_p99_us": round(percentile(changed, 99) * 1e6, 1),
+        "snapshot_unchanged_p50_us": round(statistics.median(unchanged) * 1e6, 2),
+    }
+
+
 async def bench(args: argparse.Namespace) -> Mapping[str, Any]:
     rng = random.Random(args.seed)
     api = AcceptingApi()
@@ -132,7 +178,7 @@ async def bench(args: argparse.Namespace) -> Mapping[str, Any]:
     state = role.state
     assert state.pods is not None and state.nodes is not None and state.quota_informer is not None
     started = time.perf_counter()
-    state.nodes.apply(Listed(objects=tuple(node(n, args.gpus, rng) for n in names), resource_version="1"))
+    state.nodes.apply(Listed(objects=tuple(node(n, args.gpus, rng) for n in names), resource_version="1"))  # type: ignore[misc]
     state.pods.apply(Listed(objects=tuple(pods), resource_version="1"))  # type: ignore[arg-type]
     state.quota_informer.apply(Listed(objects=(), resource_version="1"))
     ingest = time.perf_counter() - started
@@ -170,6 +216,10 @@ async def bench(args: argparse.Namespace) -> Mapping[str, Any]:
         for body in bodies[: args.warmup]:
             async with session.post(f"{url}/filter", data=body) as r:
                 await r.read()
+        load_before = os.getloadavg()[0]
+        profile = cProfile.Profile() if args.profile else None
+        if profile is not None:
+            profile.enable()
         begin = time.perf_counter()
         cpu_begin = time.process_time()
         for p, body in zip(pods[args.warmup :], bodies[args.warmup :], strict=True):
@@ -186,10 +236,16 @@ async def bench(args: argparse.Namespace) -> Mapping[str, Any]:
         done = await asyncio.gather(*binds)
         end = max(done) if done else time.perf_counter()
         cpu = time.process_time() - cpu_begin
+        if profile is not None:
+            profile.disable()
+            profile.dump_stats(args.profile)
     await listener.runner.cleanup()
     decided = len(binds)
     invariants = state.ledger.check_invariants()
+    load = f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after ({os.cpu_count()} CPUs)"
+    snapshots = snapshot_costs(state.ledger, names, rng)
     return {
+        "load_average_1m": load,
         "nodes": args.nodes,
         "gpus_per_node": args.gpus,
         "candidates_per_call": args.candidates,
@@ -205,6 +261,7 @@ async def bench(args: argparse.Namespace) -> Mapping[str, Any]:
         "unschedulable": failures,
         "bindings": api.bindings,
         "over_committed_devices": len(invariants),
+        **snapshots,
     }
 
 
@@ -219,6 +276,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--profile", metavar="FILE", help="write a cProfile of the measured loop to FILE")
     parser.add_argument(
         "--no-gc-freeze", action="store_true", help="skip the role's gc.freeze() of the synced caches"
     )

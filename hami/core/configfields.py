@@ -10,13 +10,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from hami.core.errors import ConfigError
 
 INT32_MAX: Final = 2**31 - 1
 INT32_MIN: Final = -(2**31)
 UINT32_MAX: Final = 2**32 - 1
+
+T = TypeVar("T")
 
 # A field parser takes (raw YAML value, dotted key, warnings sink) and returns the typed value.
 Parser = Callable[[object, str, list[str]], Any]
@@ -75,6 +77,12 @@ def str_list_field(raw: object, where: str, warnings: list[str]) -> tuple[str, .
 def field_meta(key: str, parser: Parser) -> dict[str, object]:
     """Field metadata: read from YAML/JSON key ``key`` with ``parser``."""
     return {"key": key, "parser": parser}
+
+
+def setting(key: str, default: T, parser: Parser = str_field) -> T:
+    """A dataclass field read from key ``key`` with ``parser`` (a string by default), ``default``
+    when absent. Typed as its value so that ``name: str = setting("resourceName", "x")`` checks."""
+    return dataclasses.field(default=default, metadata=field_meta(key, parser))
 
 
 def section_field(cls: type[Any]) -> Parser:

@@ -35,6 +35,7 @@ from hami.core.configfields import (
     list_field,
     parse_section,
     section_field,
+    setting,
     str_field,
     str_list_field,
     uint_field,
@@ -176,38 +177,27 @@ DEFAULT_MIG_GEOMETRIES: Final = (
 class NvidiaConfig:
     """The ``nvidia:`` section (spec §9 table; defaults are the chart's)."""
 
-    resource_count_name: str = field(
-        default=keys.RESOURCE_GPU, metadata=field_meta("resourceCountName", str_field)
+    resource_count_name: str = setting("resourceCountName", keys.RESOURCE_GPU)
+    resource_memory_name: str = setting("resourceMemoryName", keys.RESOURCE_GPUMEM)
+    resource_memory_percentage_name: str = setting(
+        "resourceMemoryPercentageName", keys.RESOURCE_GPUMEM_PERCENTAGE
     )
-    resource_memory_name: str = field(
-        default=keys.RESOURCE_GPUMEM, metadata=field_meta("resourceMemoryName", str_field)
-    )
-    resource_memory_percentage_name: str = field(
-        default=keys.RESOURCE_GPUMEM_PERCENTAGE,
-        metadata=field_meta("resourceMemoryPercentageName", str_field),
-    )
-    resource_core_name: str = field(
-        default=keys.RESOURCE_GPUCORES, metadata=field_meta("resourceCoreName", str_field)
-    )
-    resource_priority_name: str = field(
-        default=keys.RESOURCE_PRIORITY, metadata=field_meta("resourcePriorityName", str_field)
-    )
-    overwrite_env: bool = field(default=False, metadata=field_meta("overwriteEnv", bool_field))
-    default_memory: int = field(
-        default=0, metadata=field_meta("defaultMemory", int32_field)
-    )  # MiB; 0 = whole card (100 %)
-    default_cores: int = field(default=0, metadata=field_meta("defaultCores", int32_field))
-    default_gpu_num: int = field(default=1, metadata=field_meta("defaultGPUNum", int32_field))
-    memory_factor: int = field(default=1, metadata=field_meta("memoryFactor", int32_field))
-    device_split_count: int = field(default=10, metadata=field_meta("deviceSplitCount", uint_field))
-    device_memory_scaling: float = field(default=1.0, metadata=field_meta("deviceMemoryScaling", float_field))
-    device_core_scaling: float = field(default=1.0, metadata=field_meta("deviceCoreScaling", float_field))
-    lib_cuda_log_level: str = field(default="1", metadata=field_meta("libCudaLogLevel", str_field))
-    disable_core_limit: bool = field(default=False, metadata=field_meta("disableCoreLimit", bool_field))
-    gpu_core_policy: str = field(default="default", metadata=field_meta("gpuCorePolicy", str_field))
-    runtime_class_name: str = field(default="", metadata=field_meta("runtimeClassName", str_field))
-    known_mig_geometries: tuple[MigGeometrySet, ...] = field(
-        default=DEFAULT_MIG_GEOMETRIES, metadata=field_meta("knownMigGeometries", list_field(_geometry_set))
+    resource_core_name: str = setting("resourceCoreName", keys.RESOURCE_GPUCORES)
+    resource_priority_name: str = setting("resourcePriorityName", keys.RESOURCE_PRIORITY)
+    overwrite_env: bool = setting("overwriteEnv", False, bool_field)
+    default_memory: int = setting("defaultMemory", 0, int32_field)  # MiB; 0 = whole card (100 %)
+    default_cores: int = setting("defaultCores", 0, int32_field)
+    default_gpu_num: int = setting("defaultGPUNum", 1, int32_field)
+    memory_factor: int = setting("memoryFactor", 1, int32_field)
+    device_split_count: int = setting("deviceSplitCount", 10, uint_field)
+    device_memory_scaling: float = setting("deviceMemoryScaling", 1.0, float_field)
+    device_core_scaling: float = setting("deviceCoreScaling", 1.0, float_field)
+    lib_cuda_log_level: str = setting("libCudaLogLevel", "1")
+    disable_core_limit: bool = setting("disableCoreLimit", False, bool_field)
+    gpu_core_policy: str = setting("gpuCorePolicy", "default")
+    runtime_class_name: str = setting("runtimeClassName", "")
+    known_mig_geometries: tuple[MigGeometrySet, ...] = setting(
+        "knownMigGeometries", DEFAULT_MIG_GEOMETRIES, list_field(_geometry_set)
     )
     extra: Mapping[str, object] = field(default_factory=dict)
 
@@ -221,86 +211,54 @@ class NvidiaConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CambriconConfig:
-    resource_count_name: str = field(
-        default="cambricon.com/vmlu", metadata=field_meta("resourceCountName", str_field)
-    )
-    resource_memory_name: str = field(
-        default="cambricon.com/mlu.smlu.vmemory", metadata=field_meta("resourceMemoryName", str_field)
-    )
-    resource_core_name: str = field(
-        default="cambricon.com/mlu.smlu.vcore", metadata=field_meta("resourceCoreName", str_field)
-    )
+    resource_count_name: str = setting("resourceCountName", "cambricon.com/vmlu")
+    resource_memory_name: str = setting("resourceMemoryName", "cambricon.com/mlu.smlu.vmemory")
+    resource_core_name: str = setting("resourceCoreName", "cambricon.com/mlu.smlu.vcore")
     extra: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HygonConfig:
-    resource_count_name: str = field(
-        default="hygon.com/dcunum", metadata=field_meta("resourceCountName", str_field)
-    )
-    resource_memory_name: str = field(
-        default="hygon.com/dcumem", metadata=field_meta("resourceMemoryName", str_field)
-    )
-    resource_core_name: str = field(
-        default="hygon.com/dcucores", metadata=field_meta("resourceCoreName", str_field)
-    )
-    memory_factor: int = field(default=1, metadata=field_meta("memoryFactor", int32_field))
+    resource_count_name: str = setting("resourceCountName", "hygon.com/dcunum")
+    resource_memory_name: str = setting("resourceMemoryName", "hygon.com/dcumem")
+    resource_core_name: str = setting("resourceCoreName", "hygon.com/dcucores")
+    memory_factor: int = setting("memoryFactor", 1, int32_field)
     extra: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MetaxConfig:
-    resource_count_name: str = field(
-        default="metax-tech.com/gpu", metadata=field_meta("resourceCountName", str_field)
-    )
-    resource_vcount_name: str = field(
-        default="metax-tech.com/sgpu", metadata=field_meta("resourceVCountName", str_field)
-    )
-    resource_vmemory_name: str = field(
-        default="metax-tech.com/vmemory", metadata=field_meta("resourceVMemoryName", str_field)
-    )
-    resource_vcore_name: str = field(
-        default="metax-tech.com/vcore", metadata=field_meta("resourceVCoreName", str_field)
-    )
-    sgpu_topology_aware: bool = field(default=False, metadata=field_meta("sgpuTopologyAware", bool_field))
+    resource_count_name: str = setting("resourceCountName", "metax-tech.com/gpu")
+    resource_vcount_name: str = setting("resourceVCountName", "metax-tech.com/sgpu")
+    resource_vmemory_name: str = setting("resourceVMemoryName", "metax-tech.com/vmemory")
+    resource_vcore_name: str = setting("resourceVCoreName", "metax-tech.com/vcore")
+    sgpu_topology_aware: bool = setting("sgpuTopologyAware", False, bool_field)
     extra: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EnflameConfig:
-    resource_name_gcu: str = field(
-        default="enflame.com/gcu", metadata=field_meta("resourceNameGCU", str_field)
-    )
-    resource_name_vgcu: str = field(
-        default="enflame.com/vgcu", metadata=field_meta("resourceNameVGCU", str_field)
-    )
-    resource_name_vgcu_percentage: str = field(
-        default="enflame.com/vgcu-percentage", metadata=field_meta("resourceNameVGCUPercentage", str_field)
-    )
+    resource_name_gcu: str = setting("resourceNameGCU", "enflame.com/gcu")
+    resource_name_vgcu: str = setting("resourceNameVGCU", "enflame.com/vgcu")
+    resource_name_vgcu_percentage: str = setting("resourceNameVGCUPercentage", "enflame.com/vgcu-percentage")
     extra: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MthreadsConfig:
-    resource_count_name: str = field(
-        default="mthreads.com/vgpu", metadata=field_meta("resourceCountName", str_field)
-    )
-    resource_memory_name: str = field(
-        default="mthreads.com/sgpu-memory", metadata=field_meta("resourceMemoryName", str_field)
-    )
-    resource_core_name: str = field(
-        default="mthreads.com/sgpu-core", metadata=field_meta("resourceCoreName", str_field)
-    )
+    resource_count_name: str = setting("resourceCountName", "mthreads.com/vgpu")
+    resource_memory_name: str = setting("resourceMemoryName", "mthreads.com/sgpu-memory")
+    resource_core_name: str = setting("resourceCoreName", "mthreads.com/sgpu-core")
     extra: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class IluvatarConfig:
-    chip_name: str = field(default="", metadata=field_meta("chipName", str_field))
-    common_word: str = field(default="", metadata=field_meta("commonWord", str_field))
-    resource_count_name: str = field(default="", metadata=field_meta("resourceCountName", str_field))
-    resource_memory_name: str = field(default="", metadata=field_meta("resourceMemoryName", str_field))
-    resource_core_name: str = field(default="", metadata=field_meta("resourceCoreName", str_field))
+    chip_name: str = setting("chipName", "")
+    common_word: str = setting("commonWord", "")
+    resource_count_name: str = setting("resourceCountName", "")
+    resource_memory_name: str = setting("resourceMemoryName", "")
+    resource_core_name: str = setting("resourceCoreName", "")
     extra: Mapping[str, object] = field(default_factory=dict)
 
 
@@ -319,44 +277,32 @@ DEFAULT_ILUVATARS: Final = tuple(_iluvatar(chip) for chip in ("MR-V100", "MR-V50
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class KunlunConfig:
-    resource_count_name: str = field(
-        default="kunlunxin.com/xpu", metadata=field_meta("resourceCountName", str_field)
-    )
-    resource_vcount_name: str = field(
-        default="kunlunxin.com/vxpu", metadata=field_meta("resourceVCountName", str_field)
-    )
-    resource_vmemory_name: str = field(
-        default="kunlunxin.com/vxpu-memory", metadata=field_meta("resourceVMemoryName", str_field)
-    )
+    resource_count_name: str = setting("resourceCountName", "kunlunxin.com/xpu")
+    resource_vcount_name: str = setting("resourceVCountName", "kunlunxin.com/vxpu")
+    resource_vmemory_name: str = setting("resourceVMemoryName", "kunlunxin.com/vxpu-memory")
     extra: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AWSNeuronConfig:
-    resource_count_name: str = field(
-        default="aws.amazon.com/neuron", metadata=field_meta("resourceCountName", str_field)
-    )
-    resource_core_name: str = field(
-        default="aws.amazon.com/neuroncore", metadata=field_meta("resourceCoreName", str_field)
-    )
+    resource_count_name: str = setting("resourceCountName", "aws.amazon.com/neuron")
+    resource_core_name: str = setting("resourceCoreName", "aws.amazon.com/neuroncore")
     extra: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AMDConfig:
-    resource_count_name: str = field(
-        default="amd.com/gpu", metadata=field_meta("resourceCountName", str_field)
-    )
-    resource_memory_name: str = field(default="", metadata=field_meta("resourceMemoryName", str_field))
+    resource_count_name: str = setting("resourceCountName", "amd.com/gpu")
+    resource_memory_name: str = setting("resourceMemoryName", "")
     extra: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VNPUTemplate:
-    name: str = field(default="", metadata=field_meta("name", str_field))
-    memory: int = field(default=0, metadata=field_meta("memory", int32_field))
-    ai_core: int = field(default=0, metadata=field_meta("aiCore", int32_field))
-    ai_cpu: int = field(default=0, metadata=field_meta("aiCPU", int32_field))
+    name: str = setting("name", "")
+    memory: int = setting("memory", 0, int32_field)
+    ai_core: int = setting("aiCore", 0, int32_field)
+    ai_cpu: int = setting("aiCPU", 0, int32_field)
     extra: Mapping[str, object] = field(default_factory=dict)
 
 
@@ -364,22 +310,16 @@ class VNPUTemplate:
 class VNPUConfig:
     """One ``vnpus[]`` entry (Ascend); the chart's list is :data:`DEFAULT_VNPUS`."""
 
-    chip_name: str = field(default="", metadata=field_meta("chipName", str_field))
-    common_word: str = field(default="", metadata=field_meta("commonWord", str_field))
-    resource_name: str = field(default="", metadata=field_meta("resourceName", str_field))
-    resource_memory_name: str = field(default="", metadata=field_meta("resourceMemoryName", str_field))
-    memory_allocatable: int = field(
-        default=0, metadata=field_meta("memoryAllocatable", integer_field(0, 2**63 - 1))
-    )
-    memory_capacity: int = field(
-        default=0, metadata=field_meta("memoryCapacity", integer_field(0, 2**63 - 1))
-    )
-    memory_factor: int = field(default=1, metadata=field_meta("memoryFactor", int32_field))
-    ai_core: int = field(default=0, metadata=field_meta("aiCore", int32_field))
-    ai_cpu: int = field(default=0, metadata=field_meta("aiCPU", int32_field))
-    templates: tuple[VNPUTemplate, ...] = field(
-        default=(), metadata=field_meta("templates", list_field(section_field(VNPUTemplate)))
-    )
+    chip_name: str = setting("chipName", "")
+    common_word: str = setting("commonWord", "")
+    resource_name: str = setting("resourceName", "")
+    resource_memory_name: str = setting("resourceMemoryName", "")
+    memory_allocatable: int = setting("memoryAllocatable", 0, integer_field(0, 2**63 - 1))
+    memory_capacity: int = setting("memoryCapacity", 0, integer_field(0, 2**63 - 1))
+    memory_factor: int = setting("memoryFactor", 1, int32_field)
+    ai_core: int = setting("aiCore", 0, int32_field)
+    ai_cpu: int = setting("aiCPU", 0, int32_field)
+    templates: tuple[VNPUTemplate, ...] = setting("templates", (), list_field(section_field(VNPUTemplate)))
     extra: Mapping[str, object] = field(default_factory=dict)
 
 
@@ -454,8 +394,8 @@ class DeviceConfig:
     mthreads: MthreadsConfig = field(
         default=_DEFAULTS["mthreads"], metadata=field_meta("mthreads", section_field(MthreadsConfig))
     )
-    iluvatars: tuple[IluvatarConfig, ...] = field(
-        default=DEFAULT_ILUVATARS, metadata=field_meta("iluvatars", list_field(section_field(IluvatarConfig)))
+    iluvatars: tuple[IluvatarConfig, ...] = setting(
+        "iluvatars", DEFAULT_ILUVATARS, list_field(section_field(IluvatarConfig))
     )
     enflame: EnflameConfig = field(
         default=_DEFAULTS["enflame"], metadata=field_meta("enflame", section_field(EnflameConfig))
@@ -467,9 +407,7 @@ class DeviceConfig:
         default=_DEFAULTS["awsneuron"], metadata=field_meta("awsneuron", section_field(AWSNeuronConfig))
     )
     amd: AMDConfig = field(default=_DEFAULTS["amd"], metadata=field_meta("amd", section_field(AMDConfig)))
-    vnpus: tuple[VNPUConfig, ...] = field(
-        default=DEFAULT_VNPUS, metadata=field_meta("vnpus", list_field(section_field(VNPUConfig)))
-    )
+    vnpus: tuple[VNPUConfig, ...] = setting("vnpus", DEFAULT_VNPUS, list_field(section_field(VNPUConfig)))
     extra: Mapping[str, object] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
 

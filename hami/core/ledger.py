@@ -468,6 +468,10 @@ class Ledger:
                         mig, _ = account_instances(info.migtemplate, entries)
                     else:
                         health = False  # HAMi: "found a mig task running on a hami-core GPU"
+                if info.mode == MODE_MIG and used > len(entries or ()):
+                    # The converse: a whole-GPU task on a MIG GPU holds no instance, so the
+                    # instances' cores, which Fit does not check, could over-commit the GPU.
+                    health = False
                 # A pod change touches a device or two: re-use the other devices' views.
                 key = (used, mem, cores, health, mig)
                 seen = previous.get(info.id)

@@ -213,20 +213,23 @@ def schedule(
     if request.is_empty:
         raise InvalidRequest(f"pod {request.namespace}/{request.name} requests no device")
     plan = _plan(request, vendors, default_node_policy, default_gpu_policy, quota)
-    # NodeName is a NewType (a str at run time): no per-name conversion for 500 candidates.
-    names: dict[NodeName, None] = dict.fromkeys(cast("Iterable[NodeName]", candidates))
+    # NodeName is a NewType (a str at run time): no per-name conversion for 500 candidates, and a
+    # frozenset (C-level, about half the cost of an ordered dict) for the membership tests.
+    listed = cast(
+        "Sequence[NodeName]", candidates if isinstance(candidates, tuple | list) else tuple(candidates)
+    )
+    wanted = frozenset(listed)
     failures: dict[NodeName, NodeFailure] = {}
     fits: list[NodeFit] = []
     nodes = snapshot.nodes
-    registered = nodes.names if isinstance(nodes, NodeTable) else nodes.keys()
-    if not names.keys() <= registered:  # a C-level subset test; the loop only when one is missing
-        for name in names:
+    if not (nodes.names >= wanted if isinstance(nodes, NodeTable) else nodes.keys() >= wanted):
+        for name in dict.fromkeys(listed):  # candidate order, for the failures
             if name not in nodes:
                 failures[name] = NodeFailure(node=name, reason=NODE_UNREGISTERED)
 
     early_exit = not evaluate_all and not any(v.scores_nodes for v in plan.vendors_used)
     quick: list[NodeSnapshot] = []
-    for name in _visit_order(snapshot, names, plan.node_policy):
+    for name in _visit_order(snapshot, wanted, plan.node_policy):
         node = nodes[name]
         if node.quarantined:
             failures[name] = _quarantine_failure(node)
@@ -367,7 +370,7 @@ def _plan(
 
 
 def _visit_order(
-    snapshot: ClusterSnapshot, names: Mapping[NodeName, None], policy: NodePolicy
+    snapshot: ClusterSnapshot, names: frozenset[NodeName], policy: NodePolicy
 ) -> Iterable[NodeName]:
     """Registered candidates, best default score first (ties: node name ascending).
 

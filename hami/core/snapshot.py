@@ -467,9 +467,10 @@ class NodeOrderEditor:
                 self._split(left)
 
     def finish(self) -> NodeOrder:
+        # tuple() of a tuple is that same tuple: untouched chunks are shared, not copied.
         return NodeOrder._chunked(
-            tuple(k if isinstance(k, tuple) else tuple(k) for k in self._keys),
-            tuple(n if isinstance(n, tuple) else tuple(n) for n in self._names),
+            tuple(map(tuple, self._keys)),
+            tuple(map(tuple, self._names)),
             tuple(self._maxes),
             self._len,
         )

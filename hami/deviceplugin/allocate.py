@@ -17,6 +17,15 @@ from pathlib import Path, PurePosixPath
 from typing import Final, Literal
 
 from hami.core.errors import HamiError
+from hami.core.hamicore_env import (
+    ENV_VISIBLE_DEVICES,
+    VGPU_LOCK_DIR,
+    DeviceLimit,
+    HamiCoreOptions,
+    HostFacts,
+    Mount,
+    hamicore_edits,
+)
 from hami.core.model import MODE_MIG, ContainerDevices
 from hami.deviceplugin.virtual import NodeDeviceSettings
 
@@ -33,15 +42,6 @@ CDI_KIND: Final = "k8s.device-plugin.nvidia.com/gpu"
 CDI_ANNOTATION_PREFIX: Final = "cdi.k8s.io/"
 CDI_ANNOTATION_PLUGIN: Final = "nvidia-device-plugin"
 VOLUME_MOUNTS_ROOT: Final = "/var/run/nvidia-container-devices"
-VGPU_LOCK_DIR: Final = "/tmp/vgpulock"
-
-ENV_VISIBLE_DEVICES: Final = "NVIDIA_VISIBLE_DEVICES"
-ENV_MEMORY_LIMIT_PREFIX: Final = "CUDA_DEVICE_MEMORY_LIMIT_"
-ENV_SM_LIMIT: Final = "CUDA_DEVICE_SM_LIMIT"
-ENV_SHARED_CACHE: Final = "CUDA_DEVICE_MEMORY_SHARED_CACHE"
-ENV_OVERSUBSCRIBE: Final = "CUDA_OVERSUBSCRIBE"
-ENV_LOG_LEVEL: Final = "LIBCUDA_LOG_LEVEL"
-ENV_CORE_POLICY: Final = "GPU_CORE_UTILIZATION_POLICY"
 ENV_DISABLE_CONTROL: Final = "CUDA_DISABLE_CONTROL"
 
 
@@ -88,11 +88,9 @@ class AllocateSettings:
         return all(s in CDI_STRATEGIES for s in self.device_list_strategies)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MountSpec:
-    container_path: str
-    host_path: str
-    read_only: bool
+# HAMi-core's env and mounts are computed by hami.core.hamicore_env, shared with the DRA plugin.
+MountSpec = Mount
+HostFiles = HostFacts
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,14 +101,6 @@ class ContainerTarget:
     container_name: str
     # The container spec sets CUDA_DISABLE_CONTROL=true: no ld.so.preload mount.
     disable_control: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HostFiles:
-    """Facts about host files that change the mounts (checked by :class:`HostLayout`)."""
-
-    versioned_library: bool = True  # <vgpu>/libvgpu.so.<version> exists
-    license: bool = False  # <vgpu>/license exists
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -216,51 +206,24 @@ def container_allocation(
     ids = visible_ids(devices)
     envs, mounts, annotations, cdi_devices = base_allocation(ids, settings, annotation_id=annotation_id)
     if node.mode != MODE_MIG:
-        vgpu = settings.vgpu_dir
-        for i, device in enumerate(devices):
-            envs[f"{ENV_MEMORY_LIMIT_PREFIX}{i}"] = f"{device.usedmem}m"
-        envs[ENV_SM_LIMIT] = str(devices[0].usedcores)
-        envs[ENV_SHARED_CACHE] = str(vgpu / f"{cache_id}.cache")
-        if node.memory_scaling > 1:
-            envs[ENV_OVERSUBSCRIBE] = "true"
-        if node.lib_cuda_log_level:
-            envs[ENV_LOG_LEVEL] = node.lib_cuda_log_level
-        if node.disable_core_limit:
-            envs[ENV_CORE_POLICY] = "disable"
-        library = vgpu / "libvgpu.so"
-        versioned = vgpu / f"libvgpu.so.{settings.libvgpu_version}"
-        mounts.append(
-            MountSpec(
-                container_path=str(library),
-                host_path=str(versioned if host.versioned_library else library),
-                read_only=True,
-            )
+        options = HamiCoreOptions(
+            hook_path=settings.hook_path,
+            libvgpu_version=settings.libvgpu_version,
+            memory_scaling=node.memory_scaling,
+            lib_cuda_log_level=node.lib_cuda_log_level,
+            disable_core_limit=node.disable_core_limit,
         )
-        mounts.append(
-            MountSpec(
-                container_path=str(vgpu),
-                host_path=str(vgpu / "containers" / cache_dir_name(target.pod_uid, target.container_name)),
-                read_only=False,
-            )
+        cache_dir = settings.vgpu_dir / "containers" / cache_dir_name(target.pod_uid, target.container_name)
+        edits = hamicore_edits(
+            [DeviceLimit(uuid=d.uuid, memory_mib=d.usedmem, cores=d.usedcores) for d in devices],
+            options,
+            cache_dir=str(cache_dir),
+            cache_id=cache_id,
+            host=host,
+            disable_control=target.disable_control,
         )
-        mounts.append(MountSpec(container_path=VGPU_LOCK_DIR, host_path=VGPU_LOCK_DIR, read_only=False))
-        if not target.disable_control:
-            mounts.append(
-                MountSpec(
-                    container_path="/etc/ld.so.preload", host_path=str(vgpu / "ld.so.preload"), read_only=True
-                )
-            )
-        if host.license:
-            mounts.append(
-                MountSpec(container_path="/tmp/license", host_path=str(vgpu / "license"), read_only=True)
-            )
-            mounts.append(
-                MountSpec(
-                    container_path="/usr/bin/vgpuvalidator",
-                    host_path=str(vgpu / "vgpuvalidator"),
-                    read_only=True,
-                )
-            )
+        envs.update(edits.envs)
+        mounts.extend(edits.mounts)
     return ContainerAllocation(
         envs=envs, mounts=tuple(mounts), annotations=annotations, cdi_devices=cdi_devices
     )

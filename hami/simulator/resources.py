@@ -28,16 +28,17 @@ NameRule = Literal["subdomain", "label", "path"]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ResourceType:
-    group: str
-    version: str
-    plural: str
-    singular: str
+    """One served kind; ``singular`` defaults to the lower-cased kind and ``plural`` to the singular
+    plus ``s``, as every kind served here but ``deviceclasses`` names itself."""
+
     kind: str
     namespaced: bool
+    group: str = ""
+    version: str = "v1"
+    plural: str = ""
+    singular: str = ""
     short_names: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
-    has_status: bool = False
-    """Has a ``/status`` subresource: main writes keep status, status writes keep spec."""
     tracks_generation: bool = False
     return_deleted: bool = False
     """DELETE answers with the removed object instead of a Success Status."""
@@ -52,6 +53,18 @@ class ResourceType:
     storage: str = ""
     """Key of the object table; two API versions of one kind share it (events)."""
     subresources: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        # frozen: the derived names are set once, here
+        if not self.singular:
+            object.__setattr__(self, "singular", self.kind.lower())
+        if not self.plural:
+            object.__setattr__(self, "plural", f"{self.singular}s")
+
+    @property
+    def has_status(self) -> bool:
+        """Has a ``/status`` subresource: main writes keep status, status writes keep spec."""
+        return "status" in self.subresources
 
     @property
     def api_version(self) -> str:
@@ -103,14 +116,9 @@ _EVENT_FIELDS = (
 
 RESOURCE_TYPES: tuple[ResourceType, ...] = (
     ResourceType(
-        group="",
-        version="v1",
-        plural="namespaces",
-        singular="namespace",
         kind="Namespace",
         namespaced=False,
         short_names=("ns",),
-        has_status=True,
         return_deleted=True,
         field_labels=("status.phase",),
         field_label_style="core",
@@ -118,28 +126,18 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
         subresources=("status",),
     ),
     ResourceType(
-        group="",
-        version="v1",
-        plural="nodes",
-        singular="node",
         kind="Node",
         namespaced=False,
         short_names=("no",),
-        has_status=True,
         field_labels=("spec.unschedulable",),
         field_label_style="core",
         subresources=("status",),
     ),
     ResourceType(
-        group="",
-        version="v1",
-        plural="pods",
-        singular="pod",
         kind="Pod",
         namespaced=True,
         short_names=("po",),
         categories=("all",),
-        has_status=True,
         tracks_generation=True,
         return_deleted=True,
         field_labels=_CORE_POD_FIELDS,
@@ -147,10 +145,6 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
         subresources=("status", "binding"),
     ),
     ResourceType(
-        group="",
-        version="v1",
-        plural="events",
-        singular="event",
         kind="Event",
         namespaced=True,
         short_names=("ev",),
@@ -159,40 +153,24 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
         name_rule="path",
     ),
     ResourceType(
-        group="",
-        version="v1",
-        plural="configmaps",
-        singular="configmap",
         kind="ConfigMap",
         namespaced=True,
         short_names=("cm",),
     ),
     ResourceType(
-        group="",
-        version="v1",
-        plural="secrets",
-        singular="secret",
         kind="Secret",
         namespaced=True,
         field_labels=("type",),
         field_label_style="core",
     ),
     ResourceType(
-        group="",
-        version="v1",
-        plural="resourcequotas",
-        singular="resourcequota",
         kind="ResourceQuota",
         namespaced=True,
         short_names=("quota",),
-        has_status=True,
         subresources=("status",),
     ),
     ResourceType(
         group="events.k8s.io",
-        version="v1",
-        plural="events",
-        singular="event",
         kind="Event",
         namespaced=True,
         short_names=("ev",),
@@ -203,9 +181,6 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
     ),
     ResourceType(
         group="coordination.k8s.io",
-        version="v1",
-        plural="leases",
-        singular="lease",
         kind="Lease",
         namespaced=True,
         unconditional_update=False,
@@ -213,9 +188,6 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
     ),
     ResourceType(
         group="admissionregistration.k8s.io",
-        version="v1",
-        plural="mutatingwebhookconfigurations",
-        singular="mutatingwebhookconfiguration",
         kind="MutatingWebhookConfiguration",
         namespaced=False,
         categories=("api-extensions",),
@@ -223,9 +195,6 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
     ),
     ResourceType(
         group="admissionregistration.k8s.io",
-        version="v1",
-        plural="validatingwebhookconfigurations",
-        singular="validatingwebhookconfiguration",
         kind="ValidatingWebhookConfiguration",
         namespaced=False,
         categories=("api-extensions",),
@@ -233,37 +202,25 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
     ),
     ResourceType(
         group="resource.k8s.io",
-        version="v1",
         plural="deviceclasses",
-        singular="deviceclass",
         kind="DeviceClass",
         namespaced=False,
         tracks_generation=True,
     ),
     ResourceType(
         group="resource.k8s.io",
-        version="v1",
-        plural="resourceclaims",
-        singular="resourceclaim",
         kind="ResourceClaim",
         namespaced=True,
-        has_status=True,
         tracks_generation=True,
         subresources=("status",),
     ),
     ResourceType(
         group="resource.k8s.io",
-        version="v1",
-        plural="resourceclaimtemplates",
-        singular="resourceclaimtemplate",
         kind="ResourceClaimTemplate",
         namespaced=True,
     ),
     ResourceType(
         group="resource.k8s.io",
-        version="v1",
-        plural="resourceslices",
-        singular="resourceslice",
         kind="ResourceSlice",
         namespaced=False,
         tracks_generation=True,

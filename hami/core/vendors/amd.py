@@ -17,13 +17,21 @@ from typing import Final
 
 from hami.core.deviceconfig import AMDConfig
 from hami.core.fit import ContainerFit, FitContext
-from hami.core.ids import DeviceID
 from hami.core.model import ContainerDevice, ContainerDeviceRequest, DeviceInfo
 from hami.core.pod_annotations import PodDeviceKeys
 from hami.core.requests import ContainerResources
 from hami.core.snapshot import DeviceUsage
-from hami.core.vendors.base import BaseVendor, Clock, Health, NodePublication, ResourceNames, VendorTraits
-from hami.core.vendors.fitloop import HEALTH, SHORT, SLICES, TYPE, UUID, Rejections, no_devices
+from hami.core.vendors.base import (
+    BaseVendor,
+    Clock,
+    Health,
+    NodePublication,
+    ResourceNames,
+    VendorTraits,
+    capacity_devices,
+    requested_count,
+)
+from hami.core.vendors.fitloop import SLICES, TYPE, UUID, Rejections, whole_device_fit
 from hami.core.vendors.podspec import JsonObject, device_count, limits_of, required_capacity
 
 AMDGPU: Final = "AMDGPU"
@@ -54,8 +62,8 @@ class AmdVendor(BaseVendor):
     def container_request(
         self, container: ContainerResources, warnings: list[str]
     ) -> ContainerDeviceRequest | None:
-        nums = container.integer(self.config.resource_count_name, warnings)
-        if nums is None or nums <= 0:
+        nums = requested_count(container, self.config.resource_count_name, warnings)
+        if nums is None:
             return None
         return ContainerDeviceRequest(
             nums=nums, type=AMDGPU, memreq=MI300X_MEMORY_MIB, mem_percentage_req=0, coresreq=0
@@ -69,20 +77,9 @@ class AmdVendor(BaseVendor):
         node: str = "",
         labels: Mapping[str, str] | None = None,
     ) -> tuple[DeviceInfo, ...]:
-        count = required_capacity(allocatable, self.config.resource_count_name)
-        return tuple(
-            DeviceInfo(
-                id=DeviceID(f"{node}-{AMDGPU}-{i}"),
-                index=i,
-                count=1,
-                devmem=MI300X_MEMORY_MIB,
-                devcore=100,
-                type=AMDGPU,
-                health=True,
-                devicevendor=AMDGPU,
-            )
-            for i in range(device_count(count, self.config.resource_count_name))
-        )
+        name = self.config.resource_count_name
+        count = device_count(required_capacity(allocatable, name), name)
+        return capacity_devices(node, AMDGPU, count, vendor=AMDGPU, split=1, devmem=MI300X_MEMORY_MIB)
 
     def fit(
         self,
@@ -91,35 +88,21 @@ class AmdVendor(BaseVendor):
         ctx: FitContext,
         allocated: Sequence[ContainerDevice],
     ) -> ContainerFit:
-        if not devices:
-            return no_devices(ctx.vendor, request)
-        out = Rejections()
-        nums = request.nums
-        picks: list[ContainerDevice] = []
-        for i in range(len(devices) - 1, -1, -1):
-            d = devices[i]
-            if not d.health:
-                out.add(d.id, HEALTH)
-                continue
+        def admit(d: DeviceUsage, out: Rejections) -> bool:
             if AMDGPU not in d.type or request.type != ctx.vendor:
                 out.add(d.id, TYPE, note=f"{d.type!r}")
-                continue
+                return False
             if ctx.check_uuid and not ctx.selectors.uuid_allowed(d.id):
                 out.add(d.id, UUID)
-                continue
+                return False
             if d.count <= d.used:
                 out.add(d.id, SLICES, d.used, d.count)
-                continue
-            nums -= 1
-            picks.append(
-                ContainerDevice(uuid=d.id, type=AMDGPU, usedmem=MI300X_MEMORY_MIB, usedcores=0, idx=d.index)
-            )
-            if nums == 0:
-                return ContainerFit(ok=True, devices=tuple(picks), considered=len(devices))
-        if picks:
-            out.reasons[SHORT] = 1
-            out.raw.append((",".join(p.uuid for p in picks), SHORT, len(picks), request.nums, ""))
-        return out.failed(len(devices))
+                return False
+            return True
+
+        return whole_device_fit(
+            devices, request, ctx, admit=admit, vendor=AMDGPU, usedmem=MI300X_MEMORY_MIB, usedcores=0
+        )
 
     def mutate_container(self, container: JsonObject, pod: JsonObject) -> bool:
         limits = limits_of(container)

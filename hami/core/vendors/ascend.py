@@ -26,7 +26,7 @@ from typing import Final
 
 from hami.core import gojson, keys
 from hami.core.deviceconfig import VNPUConfig, VNPUTemplate
-from hami.core.errors import ConfigError, DecodeError
+from hami.core.errors import ConfigError
 from hami.core.ids import DeviceID
 from hami.core.model import ContainerDeviceRequest, DeviceInfo, PodSingleDevice
 from hami.core.node_annotations import decode_node_devices_json, encode_device_json
@@ -43,9 +43,11 @@ from hami.core.vendors.base import (
     ResourceNames,
     VendorAdmissionError,
     VendorTraits,
+    registered_devices,
     reported,
+    requested_count,
+    share_request,
     unix_seconds,
-    vendor_info,
 )
 from hami.core.vendors.podspec import JsonObject, limits_of, quantity_value, writable
 
@@ -53,7 +55,6 @@ ASCEND_910_PREFIX: Final = "Ascend910"
 NETWORK_WEIGHT: Final = 10
 NETWORK_ID: Final = "NetworkID"
 PREDICATE_TIME: Final = "predicate-time"
-NO_DEVICE_ERROR: Final = "no device found on node"
 
 
 class AscendVendor(BaseVendor):
@@ -106,8 +107,8 @@ class AscendVendor(BaseVendor):
         self, container: ContainerResources, warnings: list[str]
     ) -> ContainerDeviceRequest | None:
         cfg = self.config
-        nums = container.integer(cfg.resource_name, warnings)
-        if nums is None or nums <= 0:
+        nums = requested_count(container, cfg.resource_name, warnings)
+        if nums is None:
             return None
         memory = 0
         raw = container.integer(cfg.resource_memory_name, warnings) if cfg.resource_memory_name else None
@@ -115,9 +116,7 @@ class AscendVendor(BaseVendor):
             if cfg.memory_factor > 1:
                 raw *= cfg.memory_factor
             memory, _ = self.trim_memory(raw)
-        return ContainerDeviceRequest(
-            nums=nums, type=self.name, memreq=memory, mem_percentage_req=100 if memory == 0 else 0, coresreq=0
-        )
+        return share_request(self.name, nums, memory=memory, cores=0)
 
     def mutate_container(self, container: JsonObject, pod: JsonObject) -> bool:
         cfg = self.config
@@ -148,13 +147,7 @@ class AscendVendor(BaseVendor):
         node: str = "",
         labels: Mapping[str, str] | None = None,
     ) -> tuple[DeviceInfo, ...]:
-        value = annotations.get(self.register_key)
-        if value is None:
-            raise DecodeError(self.register_key, "", f"annos not found {self.register_key}")
-        devices = decode_node_devices_json(value, key=self.register_key)
-        if not devices:
-            raise DecodeError(self.register_key, value, NO_DEVICE_ERROR)
-        return tuple(vendor_info(d, self.name) for d in devices)
+        return registered_devices(annotations, self.register_key, self.name, decode=decode_node_devices_json)
 
     # ---- score -----------------------------------------------------------------------------
 

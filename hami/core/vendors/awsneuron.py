@@ -25,7 +25,6 @@ from typing import Final
 
 from hami.core.deviceconfig import AWSNeuronConfig
 from hami.core.fit import ContainerFit, FitContext
-from hami.core.ids import DeviceID
 from hami.core.model import ContainerDevice, ContainerDeviceRequest, DeviceInfo, PodSingleDevice
 from hami.core.pod_annotations import PodDeviceKeys
 from hami.core.requests import ContainerResources
@@ -37,6 +36,8 @@ from hami.core.vendors.base import (
     NodePublication,
     ResourceNames,
     VendorTraits,
+    capacity_devices,
+    requested_count,
     unix_nanos,
 )
 from hami.core.vendors.fitloop import CORE, HEALTH, NUMA, SLICES, TYPE, UUID, Rejections, no_devices
@@ -127,8 +128,8 @@ class AwsNeuronVendor(BaseVendor):
     ) -> ContainerDeviceRequest | None:
         cfg = self.config
         if container.has(cfg.resource_count_name):
-            nums = container.integer(cfg.resource_count_name, warnings)
-            if nums is None or nums <= 0:
+            nums = requested_count(container, cfg.resource_count_name, warnings)
+            if nums is None:
                 return None
             return ContainerDeviceRequest(
                 nums=nums, type=AWS_NEURON, memreq=0, mem_percentage_req=0, coresreq=0
@@ -158,19 +159,16 @@ class AwsNeuronVendor(BaseVendor):
         self._cores = per_device or DEFAULT_CORES
         mask = (1 << min(per_device, MAX_CORES_PER_DEVICE)) - 1
         custom = {NODE_TYPE: (labels or {}).get(INSTANCE_TYPE_LABEL, ""), CORES_PER_DEVICE: per_device}
-        return tuple(
-            DeviceInfo(
-                id=DeviceID(f"{node}-{AWS_NEURON}-{i}"),
-                index=i,
-                count=per_device,
-                devmem=0,
-                devcore=mask,
-                type=AWS_NEURON,
-                health=True,
-                devicevendor=AWS_NEURON,
-                custominfo=custom,
-            )
-            for i in range(device_count(counts, self.config.resource_count_name))
+        count = device_count(counts, self.config.resource_count_name)
+        return capacity_devices(
+            node,
+            AWS_NEURON,
+            count,
+            vendor=AWS_NEURON,
+            split=per_device,
+            devmem=0,
+            devcore=mask,
+            custominfo=custom,
         )
 
     def prefilter(self, summary: VendorSummary | None, request: ContainerDeviceRequest) -> bool:

@@ -24,6 +24,7 @@ from typing import Final
 from hami.core import keys
 from hami.core.errors import DecodeError, HamiError
 from hami.core.fit import ContainerFit, FitContext
+from hami.core.ids import DeviceID
 from hami.core.model import ContainerDevice, ContainerDeviceRequest, DeviceInfo, PodSingleDevice
 from hami.core.node_annotations import decode_handshake
 from hami.core.pod_annotations import PodDeviceKeys, decode_pod_single_device, encode_pod_devices
@@ -35,6 +36,8 @@ from hami.core.vendors.podspec import JsonObject, capacity, limits_of
 
 Clock = Callable[[], datetime]
 HANDSHAKE_WINDOW: Final = timedelta(seconds=60)
+NODE_LOCK: Final = keys.NODE_LOCK
+NO_DEVICE_ERROR: Final = "no device found on node"
 
 
 def utc_now() -> datetime:
@@ -399,7 +402,67 @@ def vendor_info(
     )
 
 
-NODE_LOCK: Final = keys.NODE_LOCK
+def capacity_devices(
+    node: str,
+    infix: str,
+    count: int,
+    *,
+    vendor: str,
+    split: int,
+    devmem: int,
+    devcore: int = 100,
+    custominfo: Mapping[str, object] | None = None,
+) -> tuple[DeviceInfo, ...]:
+    """The ``count`` healthy devices a capacity-based ``GetNodeDevices`` makes, IDs
+    ``<node>-<infix>-<i>`` (``count`` already bounded by :func:`~.podspec.device_count`)."""
+    return tuple(
+        DeviceInfo(
+            id=DeviceID(f"{node}-{infix}-{i}"),
+            index=i,
+            count=split,
+            devmem=devmem,
+            devcore=devcore,
+            type=vendor,
+            health=True,
+            devicevendor=vendor,
+            custominfo={} if custominfo is None else custominfo,
+        )
+        for i in range(count)
+    )
+
+
+def registered_devices(
+    annotations: Mapping[str, str],
+    key: str,
+    vendor: str,
+    *,
+    decode: Callable[..., tuple[DeviceInfo, ...]],
+    empty_error: str = NO_DEVICE_ERROR,
+) -> tuple[DeviceInfo, ...]:
+    """The devices of a register annotation, as the annotation-based ``GetNodeDevices`` read it:
+    missing → ``annos not found <key>``, no device → ``empty_error``; ``decode(value, key=key)``
+    reads the format (JSON or legacy)."""
+    value = annotations.get(key)
+    if value is None:
+        raise DecodeError(key, "", f"annos not found {key}")
+    devices = decode(value, key=key)
+    if not devices:
+        raise DecodeError(key, value, empty_error)
+    return tuple(vendor_info(d, vendor) for d in devices)
+
+
+def share_request(vendor: str, nums: int, *, memory: int, cores: int) -> ContainerDeviceRequest:
+    """A request for a share of each of ``nums`` devices: ``memory`` MiB (0: all of it, 100 %)."""
+    return ContainerDeviceRequest(
+        nums=nums, type=vendor, memreq=memory, mem_percentage_req=100 if memory == 0 else 0, coresreq=cores
+    )
+
+
+def requested_count(container: ContainerResources, name: str, warnings: list[str]) -> int | None:
+    """The count a container asks of ``name``; None when absent, unreadable or not positive (the
+    container asks nothing of the vendor, HAMi's empty ``GenerateResourceRequests``)."""
+    nums = container.integer(name, warnings)
+    return None if nums is None or nums <= 0 else nums
 
 
 def reported(now: datetime) -> str:

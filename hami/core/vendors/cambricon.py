@@ -20,7 +20,6 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from hami.core.deviceconfig import CambriconConfig
-from hami.core.ids import DeviceID
 from hami.core.model import ContainerDeviceRequest, DeviceInfo, PodSingleDevice
 from hami.core.pod_annotations import PodDeviceKeys
 from hami.core.requests import ContainerResources
@@ -31,7 +30,10 @@ from hami.core.vendors.base import (
     NodePublication,
     ResourceNames,
     VendorTraits,
+    capacity_devices,
     first_device,
+    requested_count,
+    share_request,
 )
 from hami.core.vendors.podspec import capacity, device_count, required_capacity
 
@@ -80,18 +82,12 @@ class CambriconVendor(BaseVendor):
         self, container: ContainerResources, warnings: list[str]
     ) -> ContainerDeviceRequest | None:
         cfg = self.config
-        nums = container.integer(cfg.resource_count_name, warnings)
-        if nums is None or nums <= 0:
+        nums = requested_count(container, cfg.resource_count_name, warnings)
+        if nums is None:
             return None
         memory = (container.integer(cfg.resource_memory_name, warnings) or 0) * MEMORY_UNIT_MIB
         cores = container.integer(cfg.resource_core_name, warnings)
-        return ContainerDeviceRequest(
-            nums=nums,
-            type=MLU,
-            memreq=memory,
-            mem_percentage_req=100 if memory == 0 else 0,
-            coresreq=100 if cores is None else cores,
-        )
+        return share_request(MLU, nums, memory=memory, cores=100 if cores is None else cores)
 
     def node_devices(
         self,
@@ -104,19 +100,8 @@ class CambriconVendor(BaseVendor):
         cards = required_capacity(allocatable, self.config.resource_core_name)
         memory = capacity(allocatable, self.config.resource_memory_name) or 0
         devmem = memory * MEMORY_UNIT_MIB * 100 // cards
-        return tuple(
-            DeviceInfo(
-                id=DeviceID(f"{node}-cambricon-mlu-{i}"),
-                index=i,
-                count=100,
-                devmem=devmem,
-                devcore=100,
-                type=MLU,
-                health=True,
-                devicevendor=MLU,
-            )
-            for i in range(device_count((cards + 99) // 100, self.config.resource_core_name))
-        )
+        count = device_count((cards + 99) // 100, self.config.resource_core_name)
+        return capacity_devices(node, "cambricon-mlu", count, vendor=MLU, split=100, devmem=devmem)
 
     def extra_annotations(
         self, assigned: PodSingleDevice, *, pod: Mapping[str, object] | None, node: str, now: datetime

@@ -25,7 +25,6 @@ from typing import Final
 
 from hami.core.deviceconfig import EnflameConfig
 from hami.core.fit import ContainerFit, FitContext
-from hami.core.ids import DeviceID
 from hami.core.model import ContainerDevice, ContainerDeviceRequest, DeviceInfo, PodSingleDevice
 from hami.core.pod_annotations import PodDeviceKeys
 from hami.core.requests import ContainerResources
@@ -37,10 +36,12 @@ from hami.core.vendors.base import (
     NodePublication,
     ResourceNames,
     VendorTraits,
+    capacity_devices,
     indices,
+    requested_count,
     unix_nanos,
 )
-from hami.core.vendors.fitloop import EXCL, HEALTH, SHORT, TYPE, Rejections, no_devices
+from hami.core.vendors.fitloop import EXCL, TYPE, Rejections, whole_device_fit
 from hami.core.vendors.podspec import (
     JsonObject,
     capacity,
@@ -83,8 +84,8 @@ class GcuVendor(BaseVendor):
     def container_request(
         self, container: ContainerResources, warnings: list[str]
     ) -> ContainerDeviceRequest | None:
-        nums = container.integer(self.config.resource_name_gcu, warnings)
-        if nums is None or nums <= 0:
+        nums = requested_count(container, self.config.resource_name_gcu, warnings)
+        if nums is None:
             return None
         return ContainerDeviceRequest(nums=nums, type=GCU, memreq=100, mem_percentage_req=100, coresreq=100)
 
@@ -96,20 +97,9 @@ class GcuVendor(BaseVendor):
         node: str = "",
         labels: Mapping[str, str] | None = None,
     ) -> tuple[DeviceInfo, ...]:
-        count = required_capacity(allocatable, self.config.resource_name_gcu)
-        return tuple(
-            DeviceInfo(
-                id=DeviceID(f"{node}-{GCU}-{i}"),
-                index=i,
-                count=1,
-                devmem=100,
-                devcore=100,
-                type=GCU,
-                health=True,
-                devicevendor=GCU,
-            )
-            for i in range(device_count(count, self.config.resource_name_gcu))
-        )
+        name = self.config.resource_name_gcu
+        count = device_count(required_capacity(allocatable, name), name)
+        return capacity_devices(node, GCU, count, vendor=GCU, split=1, devmem=100)
 
     def prefilter(self, summary: VendorSummary | None, request: ContainerDeviceRequest) -> bool:
         return summary is None or request.nums <= summary.available
@@ -122,34 +112,19 @@ class GcuVendor(BaseVendor):
         allocated: Sequence[ContainerDevice],
     ) -> ContainerFit:
         """HAMi's GCU Fit: any card nobody uses (no memory/core arithmetic)."""
-        if not devices:
-            return no_devices(ctx.vendor, request)
-        out = Rejections()
-        nums = request.nums
-        picks: list[ContainerDevice] = []
-        for i in range(len(devices) - 1, -1, -1):
-            d = devices[i]
-            if not d.health:
-                out.add(d.id, HEALTH)
-                continue
+
+        def admit(d: DeviceUsage, out: Rejections) -> bool:
             if request.type != GCU:
                 out.add(d.id, TYPE, note=f"{d.type!r}")
-                continue
+                return False
             if d.used > 0:
                 out.add(d.id, EXCL, d.used)
-                continue
-            nums -= 1
-            picks.append(
-                ContainerDevice(
-                    uuid=d.id, type=GCU, usedmem=request.memreq, usedcores=request.coresreq, idx=d.index
-                )
-            )
-            if nums == 0:
-                return ContainerFit(ok=True, devices=tuple(picks), considered=len(devices))
-        if picks:
-            out.reasons[SHORT] = 1
-            out.raw.append((",".join(p.uuid for p in picks), SHORT, len(picks), request.nums, ""))
-        return out.failed(len(devices))
+                return False
+            return True
+
+        return whole_device_fit(
+            devices, request, ctx, admit=admit, vendor=GCU, usedmem=request.memreq, usedcores=request.coresreq
+        )
 
     def impersonate(
         self, node: str, devices: int, *, memory_mib: int | None, now: datetime
@@ -188,8 +163,8 @@ class VgcuVendor(BaseVendor):
         self, container: ContainerResources, warnings: list[str]
     ) -> ContainerDeviceRequest | None:
         cfg = self.config
-        nums = container.integer(cfg.resource_name_vgcu, warnings)
-        if nums is None or nums <= 0:
+        nums = requested_count(container, cfg.resource_name_vgcu, warnings)
+        if nums is None:
             return None
         percentage = container.integer(cfg.resource_name_vgcu_percentage, warnings)
         return ContainerDeviceRequest(
@@ -207,18 +182,8 @@ class VgcuVendor(BaseVendor):
         cards = required_capacity(allocatable, GCU_COUNT)
         shared = capacity(allocatable, SHARED_GCU) or 0
         self._factor = int(shared / cards)  # Go int(int64 / int64): truncation toward zero
-        return tuple(
-            DeviceInfo(
-                id=DeviceID(f"{node}-enflame-{i}"),
-                index=i,
-                count=100,
-                devmem=100,
-                devcore=100,
-                type=ENFLAME,
-                health=True,
-                devicevendor=ENFLAME,
-            )
-            for i in range(device_count(cards, GCU_COUNT))
+        return capacity_devices(
+            node, "enflame", device_count(cards, GCU_COUNT), vendor=ENFLAME, split=100, devmem=100
         )
 
     def mutate_container(self, container: JsonObject, pod: JsonObject) -> bool:

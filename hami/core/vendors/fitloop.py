@@ -72,7 +72,12 @@ class Rejections:
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
         self.raw.append((device, reason, have, need, note))
 
-    def failed(self, considered: int) -> ContainerFit:
+    def failed(self, considered: int, picks: Sequence[ContainerDevice] = (), wanted: int = 0) -> ContainerFit:
+        """The failed Fit; ``picks`` (of the ``wanted``) that did fit add HAMi's one
+        ``AllocatedCardsInsufficientRequest``."""
+        if picks:
+            self.reasons[SHORT] = 1
+            self.raw.append((",".join(p.uuid for p in picks), SHORT, len(picks), wanted, ""))
         return ContainerFit(
             ok=False, reasons=dict(self.reasons), raw_rejections=tuple(self.raw), considered=considered
         )
@@ -163,7 +168,38 @@ def generic_fit(
             )
         if nums == 0:
             return ContainerFit(ok=True, devices=tuple(picks), considered=len(devices))
-    if picks:
-        out.reasons[SHORT] = 1
-        out.raw.append((",".join(p.uuid for p in picks), SHORT, len(picks), request.nums, ""))
-    return out.failed(len(devices))
+    return out.failed(len(devices), picks, request.nums)
+
+
+def whole_device_fit(
+    devices: Sequence[DeviceUsage],
+    request: ContainerDeviceRequest,
+    ctx: FitContext,
+    *,
+    admit: Callable[[DeviceUsage, Rejections], bool],
+    vendor: str,
+    usedmem: int,
+    usedcores: int,
+) -> ContainerFit:
+    """HAMi's whole-card Fits (AMD, Enflame GCU): from the end of the list, each healthy device that
+    ``admit`` accepts (it records the reason when it refuses) until ``request.nums`` are picked,
+    each pick holding ``usedmem`` MiB and ``usedcores``; no memory/core arithmetic."""
+    if not devices:
+        return no_devices(ctx.vendor, request)
+    out = Rejections()
+    nums = request.nums
+    picks: list[ContainerDevice] = []
+    for i in range(len(devices) - 1, -1, -1):
+        d = devices[i]
+        if not d.health:
+            out.add(d.id, HEALTH)
+            continue
+        if not admit(d, out):
+            continue
+        nums -= 1
+        picks.append(
+            ContainerDevice(uuid=d.id, type=vendor, usedmem=usedmem, usedcores=usedcores, idx=d.index)
+        )
+        if nums == 0:
+            return ContainerFit(ok=True, devices=tuple(picks), considered=len(devices))
+    return out.failed(len(devices), picks, request.nums)

@@ -18,7 +18,6 @@ from typing import Final
 
 from hami.core import keys
 from hami.core.deviceconfig import HygonConfig
-from hami.core.errors import DecodeError
 from hami.core.ids import DeviceID
 from hami.core.model import MODE_HAMI_CORE, ContainerDeviceRequest, DeviceInfo
 from hami.core.node_annotations import NO_GPU_ERROR, decode_node_devices_legacy, encode_node_devices_legacy
@@ -31,8 +30,10 @@ from hami.core.vendors.base import (
     NodePublication,
     ResourceNames,
     VendorTraits,
+    registered_devices,
     reported,
-    vendor_info,
+    requested_count,
+    share_request,
 )
 from hami.core.vendors.fitloop import FitRules
 
@@ -53,13 +54,9 @@ SPLIT_COUNT: Final = 4
 
 def legacy_register(annotations: Mapping[str, str], key: str, vendor: str) -> tuple[DeviceInfo, ...]:
     """A legacy register annotation as HAMi's DCU/Iluvatar ``GetNodeDevices`` reads it."""
-    value = annotations.get(key)
-    if value is None:
-        raise DecodeError(key, "", f"annos not found {key}")
-    devices = decode_node_devices_legacy(value, key=key)
-    if not devices:
-        raise DecodeError(key, value, NO_GPU_ERROR)
-    return tuple(vendor_info(d, vendor) for d in devices)
+    return registered_devices(
+        annotations, key, vendor, decode=decode_node_devices_legacy, empty_error=NO_GPU_ERROR
+    )
 
 
 def legacy_devices(node: str, prefix: str, devices: int, *, model: str, memory_mib: int, split: int) -> str:
@@ -112,20 +109,14 @@ class HygonVendor(BaseVendor):
         self, container: ContainerResources, warnings: list[str]
     ) -> ContainerDeviceRequest | None:
         cfg = self.config
-        nums = container.integer(cfg.resource_count_name, warnings)
-        if nums is None or nums <= 0:
+        nums = requested_count(container, cfg.resource_count_name, warnings)
+        if nums is None:
             return None
         memory = container.integer(cfg.resource_memory_name, warnings) or 0
         if cfg.memory_factor > 1:
             memory *= cfg.memory_factor
         cores = container.integer(cfg.resource_core_name, warnings)
-        return ContainerDeviceRequest(
-            nums=nums,
-            type=DCU,
-            memreq=memory,
-            mem_percentage_req=100 if memory == 0 else 0,
-            coresreq=100 if cores is None else cores,
-        )
+        return share_request(DCU, nums, memory=memory, cores=100 if cores is None else cores)
 
     def node_devices(
         self,

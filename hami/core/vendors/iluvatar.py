@@ -30,6 +30,8 @@ from hami.core.vendors.base import (
     ResourceNames,
     VendorTraits,
     reported,
+    requested_count,
+    share_request,
 )
 from hami.core.vendors.hygon import legacy_devices, legacy_register
 from hami.core.vendors.podspec import JsonObject, limits_of, quantity_value, set_env, writable
@@ -78,18 +80,12 @@ class IluvatarVendor(BaseVendor):
         self, container: ContainerResources, warnings: list[str]
     ) -> ContainerDeviceRequest | None:
         cfg = self.config
-        nums = container.integer(cfg.resource_count_name, warnings)
-        if nums is None or nums <= 0:
+        nums = requested_count(container, cfg.resource_count_name, warnings)
+        if nums is None:
             return None
         memory = (container.integer(cfg.resource_memory_name, warnings) or 0) * MEMORY_UNIT_MIB
         cores = container.integer(cfg.resource_core_name, warnings)
-        return ContainerDeviceRequest(
-            nums=nums,
-            type=self.name,
-            memreq=memory,
-            mem_percentage_req=100 if memory == 0 else 0,
-            coresreq=cores or 0,
-        )
+        return share_request(self.name, nums, memory=memory, cores=cores or 0)
 
     def node_devices(
         self,

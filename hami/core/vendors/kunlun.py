@@ -32,7 +32,6 @@ from typing import Final
 
 from hami.core import keys
 from hami.core.deviceconfig import KunlunConfig
-from hami.core.errors import DecodeError
 from hami.core.fit import ContainerFit, FitContext
 from hami.core.ids import DeviceID
 from hami.core.model import (
@@ -55,8 +54,9 @@ from hami.core.vendors.base import (
     ResourceNames,
     VendorTraits,
     last_indices,
+    registered_devices,
     reported,
-    vendor_info,
+    requested_count,
 )
 from hami.core.vendors.fitloop import NUMA, no_devices
 from hami.core.vendors.podspec import (
@@ -266,8 +266,8 @@ class KunlunVendor(BaseVendor):
     def container_request(
         self, container: ContainerResources, warnings: list[str]
     ) -> ContainerDeviceRequest | None:
-        nums = container.integer(self.config.resource_count_name, warnings)
-        if nums is None or nums <= 0:
+        nums = requested_count(container, self.config.resource_count_name, warnings)
+        if nums is None:
             return None
         return ContainerDeviceRequest(nums=nums, type=KUNLUN, memreq=0, mem_percentage_req=100, coresreq=0)
 
@@ -386,8 +386,8 @@ class VxpuVendor(BaseVendor):
         self, container: ContainerResources, warnings: list[str]
     ) -> ContainerDeviceRequest | None:
         cfg = self.config
-        nums = container.integer(cfg.resource_vcount_name, warnings)
-        if nums is None or nums <= 0:
+        nums = requested_count(container, cfg.resource_vcount_name, warnings)
+        if nums is None:
             return None
         raw = container.integer(cfg.resource_vmemory_name, warnings)
         memory = trim_vxpu_memory(raw) if raw is not None else 0
@@ -407,13 +407,7 @@ class VxpuVendor(BaseVendor):
         node: str = "",
         labels: Mapping[str, str] | None = None,
     ) -> tuple[DeviceInfo, ...]:
-        value = annotations.get(XPU_REGISTER)
-        if value is None:
-            raise DecodeError(XPU_REGISTER, "", f"annos not found {XPU_REGISTER}")
-        devices = decode_node_devices_json(value, key=XPU_REGISTER)
-        if not devices:
-            raise DecodeError(XPU_REGISTER, value, "no device found on node")
-        return tuple(vendor_info(d, XPU) for d in devices)
+        return registered_devices(annotations, XPU_REGISTER, XPU, decode=decode_node_devices_json)
 
     def prefilter(self, summary: VendorSummary | None, request: ContainerDeviceRequest) -> bool:
         return summary is None or request.nums <= summary.devices

@@ -20,7 +20,6 @@ from typing import Final
 from hami.core import gojson
 from hami.core.deviceconfig import MetaxConfig
 from hami.core.gojson import GoJsonError, Pairs
-from hami.core.ids import DeviceID
 from hami.core.model import ContainerDeviceRequest, DeviceInfo, PodSingleDevice
 from hami.core.pod_annotations import PodDeviceKeys
 from hami.core.policy import NodePolicy
@@ -34,14 +33,11 @@ from hami.core.vendors.base import (
     NodePublication,
     ResourceNames,
     VendorTraits,
+    capacity_devices,
+    requested_count,
 )
-from hami.core.vendors.fitloop import (
-    FitRules,
-)
-from hami.core.vendors.podspec import (
-    device_count,
-    required_capacity,
-)
+from hami.core.vendors.fitloop import FitRules
+from hami.core.vendors.podspec import device_count, required_capacity
 
 METAX_GPU: Final = "Metax-GPU"
 METAX_SGPU: Final = "Metax-SGPU"
@@ -118,8 +114,8 @@ class MetaxGpuVendor(BaseVendor):
     def container_request(
         self, container: ContainerResources, warnings: list[str]
     ) -> ContainerDeviceRequest | None:
-        nums = container.integer(self.config.resource_count_name, warnings)
-        if nums is None or nums <= 0:
+        nums = requested_count(container, self.config.resource_count_name, warnings)
+        if nums is None:
             return None
         return ContainerDeviceRequest(
             nums=nums, type=METAX_GPU, memreq=0, mem_percentage_req=100, coresreq=100
@@ -133,22 +129,12 @@ class MetaxGpuVendor(BaseVendor):
         node: str = "",
         labels: Mapping[str, str] | None = None,
     ) -> tuple[DeviceInfo, ...]:
-        count = required_capacity(allocatable, self.config.resource_count_name)
+        name = self.config.resource_count_name
+        count = device_count(required_capacity(allocatable, name), name)
         # ScoreNode reads the node's topology annotations; keep them with the devices.
         custom = {k: annotations[k] for k in (TOPOLOGY_LOSSES, TOPOLOGY_SCORES) if k in annotations}
-        return tuple(
-            DeviceInfo(
-                id=DeviceID(f"{node}-metax-{i}"),
-                index=i,
-                count=1,
-                devmem=GPU_MEMORY_MIB,
-                devcore=100,
-                type=METAX_GPU,
-                health=True,
-                devicevendor=METAX_GPU,
-                custominfo=custom,
-            )
-            for i in range(device_count(count, self.config.resource_count_name))
+        return capacity_devices(
+            node, "metax", count, vendor=METAX_GPU, split=1, devmem=GPU_MEMORY_MIB, custominfo=custom
         )
 
     def score_node(

@@ -45,6 +45,7 @@ from hami.core.vendors.base import (
     ResourceNames,
     VendorAdmissionError,
     VendorTraits,
+    share_request,
     split_list,
     unix_nanos,
 )
@@ -261,13 +262,7 @@ class MetaxSgpuVendor(BaseVendor):
         value = quantity_int(raw_mem)
         if value is not None:
             mem = value // 1024 // 1024 if has_unit(raw_mem) else value * 1024  # unitless means GiB
-        return ContainerDeviceRequest(
-            nums=count,
-            type=METAX_SGPU,
-            memreq=mem,
-            mem_percentage_req=100 if mem == 0 else 0,
-            coresreq=100 if cores is None else cores,
-        )
+        return share_request(METAX_SGPU, count, memory=mem, cores=100 if cores is None else cores)
 
     def selectors(self, annotations: Mapping[str, str], warnings: list[str]) -> DeviceSelectors:
         return MetaxSelectors(

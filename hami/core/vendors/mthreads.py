@@ -20,7 +20,6 @@ from datetime import datetime
 from typing import Final
 
 from hami.core.deviceconfig import MthreadsConfig
-from hami.core.ids import DeviceID
 from hami.core.model import ContainerDeviceRequest, DeviceInfo, PodSingleDevice
 from hami.core.pod_annotations import PodDeviceKeys
 from hami.core.requests import ContainerResources
@@ -32,7 +31,9 @@ from hami.core.vendors.base import (
     ResourceNames,
     VendorAdmissionError,
     VendorTraits,
+    capacity_devices,
     last_indices,
+    requested_count,
     unix_nanos,
 )
 from hami.core.vendors.fitloop import FitRules, go_div
@@ -89,8 +90,8 @@ class MthreadsVendor(BaseVendor):
         self, container: ContainerResources, warnings: list[str]
     ) -> ContainerDeviceRequest | None:
         cfg = self.config
-        nums = container.integer(cfg.resource_count_name, warnings)
-        if nums is None or nums <= 0:
+        nums = requested_count(container, cfg.resource_count_name, warnings)
+        if nums is None:
             return None
         memory = (container.integer(cfg.resource_memory_name, warnings) or 0) * MEMORY_UNIT_MIB
         cores = container.integer(cfg.resource_core_name, warnings) or 0
@@ -114,18 +115,8 @@ class MthreadsVendor(BaseVendor):
         memory = capacity(allocatable, self.config.resource_memory_name) or 0
         devmem = memory * MEMORY_UNIT_MIB * CORES_PER_GPU // cores
         gpus = device_count((cores + CORES_PER_GPU - 1) // CORES_PER_GPU, self.config.resource_core_name)
-        return tuple(
-            DeviceInfo(
-                id=DeviceID(f"{node}-mthreads-{i}"),
-                index=i,
-                count=100,
-                devmem=devmem,
-                devcore=CORES_PER_GPU,
-                type=MTHREADS,
-                health=True,
-                devicevendor=MTHREADS,
-            )
-            for i in range(gpus)
+        return capacity_devices(
+            node, "mthreads", gpus, vendor=MTHREADS, split=100, devmem=devmem, devcore=CORES_PER_GPU
         )
 
     def mutate_container(self, container: JsonObject, pod: JsonObject) -> bool:
