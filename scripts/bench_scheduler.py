@@ -10,6 +10,7 @@ decided pod sent asynchronously.
     python scripts/bench_scheduler.py                  # 1000 nodes x 8 GPUs, 500 candidates
     python scripts/bench_scheduler.py --pods 5000 --json
     python scripts/bench_scheduler.py --profile out.prof   # cProfile of the measured loop only
+    python scripts/bench_scheduler.py --impossible 0.013   # 1.3 % of pods fit nowhere
 
 Goal (issue 4): filter p99 <= 10 ms and >= 300 filter+bind decisions/s.
 
@@ -101,12 +102,14 @@ def node(name: str, gpus: int, rng: random.Random) -> dict[str, Any]:
     }
 
 
-def pod(i: int, rng: random.Random) -> dict[str, Any]:
+def pod(i: int, rng: random.Random, impossible: float = 0.0) -> dict[str, Any]:
     limits = {
         keys.RESOURCE_GPU: "1" if rng.random() < 0.9 else "2",
         keys.RESOURCE_GPUMEM: str(rng.choice([2000, 4000, 8000, 16000])),
         keys.RESOURCE_GPUCORES: str(rng.choice([0, 10, 25, 50])),
     }
+    if impossible and rng.random() < impossible:  # more memory than any GPU has: fits nowhere
+        limits[keys.RESOURCE_GPUMEM] = "90000"
     return {
         "metadata": {
             "name": f"bench-{i:06d}",
@@ -174,7 +177,7 @@ async def bench(args: argparse.Namespace) -> Mapping[str, Any]:
     )
     role = SchedulerRole(settings, api)  # type: ignore[arg-type]
     names = [f"node-{i:04d}" for i in range(args.nodes)]
-    pods = [pod(i, rng) for i in range(args.pods)]
+    pods = [pod(i, rng, args.impossible) for i in range(args.pods)]
     state = role.state
     assert state.pods is not None and state.nodes is not None and state.quota_informer is not None
     started = time.perf_counter()
@@ -275,6 +278,13 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--impossible",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="fraction of pods that fit nowhere (each filter then explains all candidates)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--profile", metavar="FILE", help="write a cProfile of the measured loop to FILE")
     parser.add_argument(

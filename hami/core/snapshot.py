@@ -289,10 +289,13 @@ class NodeTableEditor:
             self._removed.add(key)
 
     def finish(self) -> NodeTable:
+        """The edited table. The editor stays usable: its next change copies a bucket again."""
         names = self._names
         if self._added or self._removed:
             names = (names - self._removed) | self._added
-        buckets = self._buckets
+        self._names, self._added, self._removed = names, set(), set()
+        self._owned = set()  # the buckets now belong to the table too
+        buckets = list(self._buckets)
         # Keep buckets near _BUCKET entries: re-bucketing is O(n), and only the node count moves it.
         size = len(buckets)
         if len(names) > 2 * _BUCKET * size or (size > 1 and len(names) < _BUCKET * size // 4):

@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from hami.core.placement import Decision, NodeFailure, Unschedulable
 from hami.core.requests import PodRequest
@@ -157,7 +157,7 @@ def unschedulable_record(
     return _unschedulable(request, result.generation, kept, omitted, when, candidates)
 
 
-PENDING_FACTOR = 4
+PENDING_FACTOR: Final = 4  # failures a pending record may keep, per node its record shows
 
 
 def pending_unschedulable_record(
@@ -172,9 +172,9 @@ def pending_unschedulable_record(
     """:func:`unschedulable_record`, formatted on first read.
 
     The failures (immutable, device rejections as plain tuples) take about the memory of the
-    formatted lines of as many nodes, so up to ``PENDING_FACTOR × max_nodes`` of them are kept
-    as they are and the ``max_nodes`` shown are chosen on read; beyond that they are chosen now,
-    so a record never holds more than the formatted one would, by that factor."""
+    formatted lines of as many nodes. Up to ``PENDING_FACTOR × max_nodes`` of them are kept as
+    they are and the ``max_nodes`` shown are chosen on read; with more, they are chosen now. So
+    a pending record holds at most ``PENDING_FACTOR`` times what the formatted record would."""
     generation = result.generation
     if len(result.failures) + len(overrides or ()) > PENDING_FACTOR * max_nodes:
         kept, omitted = _kept_failures(result, max_nodes, overrides)

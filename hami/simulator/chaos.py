@@ -16,6 +16,7 @@ Two levels:
     real apiserver keeps per object, but not across objects or resources);
   - ``fail`` / ``throttle`` / ``time_out``: 5xx, 429 with ``Retry-After``, or a hang (the client's
     timeout fires) for chosen verbs and resources, through :mod:`hami.simulator.faults`;
+  - ``hold``: freeze matching requests until the test releases them (a call caught mid-flight);
   - ``clear()``: everything back to normal.
 
 * :class:`ClusterChaos` adds what lives on nodes: re-creating a node's ``kubelet.sock`` (a kubelet
@@ -35,7 +36,7 @@ import collections
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -187,6 +188,26 @@ class ApiChaos:
             rule.delay_s, rule.drop = after_s, True
         return self.faults.add(rule)
 
+    def hold(
+        self,
+        *,
+        verbs: Iterable[str] = (),
+        resources: Iterable[str] = (),
+        query: Mapping[str, str] | None = None,
+        times: int = 1,
+    ) -> FaultRule:
+        """Freeze the next ``times`` matching requests until ``rule.release.set()``: a call held in flight
+        while a test kills or restarts something, then served against the state of that moment."""
+        return self.faults.add(
+            FaultRule(
+                verbs=frozenset(verbs),
+                resources=frozenset(resources),
+                query=dict(query or {}),
+                times=times,
+                release=asyncio.Event(),
+            )
+        )
+
     # ------------------------------------------------------------------ watch faults
     def drop_watches(self, resource: str | None = None, *, abrupt: bool = True) -> int:
         """End the open watch streams of ``resource`` (all with None); returns how many.
@@ -229,8 +250,11 @@ class ApiChaos:
             self._events[resource] = fault
 
     def clear(self) -> None:
-        """Resume, stop every watch fault and remove every fault rule."""
+        """Resume, release held requests, stop every watch fault and remove every fault rule."""
         self.resume()
+        for rule in self.faults.rules:
+            if rule.release is not None:
+                rule.release.set()
         self._expire.clear()
         self._events.clear()
         self.faults.clear()

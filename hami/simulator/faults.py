@@ -3,12 +3,14 @@
 A rule matches requests by method and path prefix, and optionally by Kubernetes verb (``get``,
 ``list``, ``watch``, ``create``, ``update``, ``patch``, ``delete``, ``deletecollection``) and
 resource (``pods``, ``nodes``, ``pods/binding``, ...), and, a limited number of times, answers with an
-error Status (429 with ``Retry-After``, 500, 503, ...), delays the request, hangs it until the
-client gives up (a timeout as the client sees it), or drops the connection.
+error Status (429 with ``Retry-After``, 500, 503, ...), delays the request, holds it until the test
+releases it, hangs it until the client gives up (a timeout as the client sees it), or drops the
+connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -78,6 +80,8 @@ class FaultRule:
     """Kubernetes verbs (:class:`RequestInfo`); empty matches every verb."""
     resources: frozenset[str] = frozenset()
     """Plural resources, ``pods/binding`` for a subresource; empty matches every resource."""
+    query: Mapping[str, str] = field(default_factory=dict)
+    """Query parameters the request must carry with these values (e.g. a ``fieldSelector``)."""
     status: int = 0
     """HTTP code to answer with (0: none, only delay, hang or drop)."""
     message: str = "injected fault"
@@ -85,16 +89,26 @@ class FaultRule:
     delay_s: float = 0.0
     hang: bool = False
     """Never answer: the request waits until the client gives up (its timeout) or the server stops."""
+    release: asyncio.Event | None = None
+    """Hold matching requests until this is set, then serve them (a call frozen mid-flight)."""
     drop: bool = False
     """Close the connection without an answer."""
     times: int = 1
     """How many matching requests it affects; negative = unlimited."""
     hits: int = 0
 
-    def matches(self, method: str, path: str, info: RequestInfo | None = None) -> bool:
+    def matches(
+        self,
+        method: str,
+        path: str,
+        info: RequestInfo | None = None,
+        query: Mapping[str, str] | None = None,
+    ) -> bool:
         if self.times >= 0 and self.hits >= self.times:
             return False
         if not path.startswith(self.path_prefix) or (self.methods and method not in self.methods):
+            return False
+        if self.query and (query is None or any(query.get(k) != v for k, v in self.query.items())):
             return False
         if self.verbs or self.resources:
             info = info or request_info(method, path)
@@ -132,7 +146,7 @@ class Faults:
         for rule in self.rules:
             if (rule.verbs or rule.resources) and info is None:
                 info = request_info(method, path, query)
-            if rule.matches(method, path, info):
+            if rule.matches(method, path, info, query):
                 rule.hits += 1
                 return rule
         return None

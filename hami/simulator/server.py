@@ -223,6 +223,8 @@ class ApiServer:
         if rule is not None:
             if rule.hang:
                 await asyncio.get_running_loop().create_future()  # until the client gives up
+            if rule.release is not None:
+                await rule.release.wait()
             if rule.delay_s:
                 await asyncio.sleep(rule.delay_s)
             if rule.drop and request.transport is not None:

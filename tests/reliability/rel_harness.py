@@ -30,7 +30,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from rel_invariants import InvariantMonitor, InvariantSettings
+from rel_invariants import InvariantSettings
+from rel_monitor import InvariantMonitor
 
 from hami.core import keys
 from hami.simulator.chaos import ClusterChaos

@@ -260,3 +260,17 @@ async def test_kubelet_restart_and_clock_skew(tmp_path: Path) -> None:
     import shutil
 
     shutil.rmtree(state, ignore_errors=True)
+
+
+async def test_held_requests_wait_for_their_release(sim: ApiServer, api: HttpKubeApi) -> None:
+    await api.create(PODS, pod("a"), namespace="default")
+    hold = sim.chaos.hold(verbs={"list"}, resources={"pods"}, query={"fieldSelector": "spec.nodeName=n1"})
+    assert hold.release is not None
+    other = await api.list_all(PODS, namespace="default")  # a different query is not held
+    held = asyncio.create_task(api.list_all(PODS, field_selector="spec.nodeName=n1"))
+    await until(lambda: hold.hits == 1)
+    sim.store.create(SIM_PODS, "default", {**pod("b"), "spec": {**pod("b")["spec"], "nodeName": "n1"}})
+    await asyncio.sleep(0.2)
+    assert not held.done() and len(other["items"]) == 1
+    hold.release.set()
+    assert [p["metadata"]["name"] for p in (await held)["items"]] == ["b"]  # served as of its release

@@ -2,13 +2,16 @@
 and kubelets restarted (``kubelet.sock`` re-created) while an Allocate is in flight, and a pod
 deleted while the kubelet allocates it.
 
-An Allocate is held in flight by delaying the device plugin's pod LIST (the first thing it does
-when kubelet asks for devices), so each fault lands at the same point every run. Outcome rules: a
+An Allocate is frozen in flight by holding the device plugin's pod LIST for the node (the first
+thing it does when kubelet asks it for devices) until the fault has happened, so each fault lands
+at the same point every run. Outcome rules: a
 pod whose Allocate was cut either runs with exactly its own devices or is rejected by the kubelet
 with a clear message; never runs with another pod's devices; the plugin re-registers and the
 node serves new pods."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 from rel_harness import RelCluster, phase, rel_cluster, until
@@ -28,10 +31,10 @@ def pinned(name: str, node: str, **kwargs: object) -> dict:
     return pod
 
 
-def hold_allocate(rel: RelCluster, seconds: float) -> FaultRule:
-    """Delay the next pod LIST (the device plugin's lookup when kubelet calls it)."""
-    return rel.cluster.api.faults.add(
-        FaultRule(path_prefix="/api/v1/pods", verbs=frozenset({"list"}), delay_s=seconds, times=1)
+def hold_allocate(rel: RelCluster, node: str) -> FaultRule:
+    """Freeze the next LIST of ``node``'s pods (the device plugin's lookup when kubelet calls it)."""
+    return rel.chaos.api.hold(
+        verbs={"list"}, resources={"pods"}, query={"fieldSelector": f"spec.nodeName={node}"}
     )
 
 
@@ -52,19 +55,25 @@ async def serves_new_pods(rel: RelCluster, node: str, tag: str) -> None:
 
 async def cut_allocate(rel: RelCluster, node: str, fault: str) -> str:
     """Hold an Allocate on ``node`` in flight, apply ``fault``, recover; the victim's phase."""
-    hold = hold_allocate(rel, 2.0)
+    hold = hold_allocate(rel, node)
     victim = f"{fault}-victim"
     await rel.create(pinned(victim, node, gpumem=3000, gpucores=20))
     await until(lambda: hold.hits >= 1, within=20, what=f"Allocate of {victim} in flight")
     plugin = rel.plugins[node]
     devices = rel.cluster.kubelet(node).devices
     registrations = len(devices.registrations)
+    assert hold.release is not None
     if fault == "plugin-sigkill":
         await plugin.kill()
+        hold.release.set()
     elif fault == "plugin-sigterm":
-        await plugin.terminate()
+        stopping = asyncio.create_task(plugin.terminate())
+        await asyncio.sleep(0.5)  # SIGTERM lands while the Allocate is in flight; then it may finish
+        hold.release.set()
+        await stopping
     else:
         await rel.chaos.restart_kubelet(node)
+        hold.release.set()
     await until(lambda: settled(rel.pod(victim)), within=30, what=f"{victim} settled")
     if fault == "kubelet-restart":
         await until(
@@ -105,6 +114,7 @@ async def test_device_plugin_and_kubelet_restarted_mid_allocate() -> None:
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="device plugin (issue 6): HamiPendingPodSource drops pods that are being deleted from the "
     "candidates, so an Allocate the kubelet makes for a pod deleted mid-admission is matched to the "
     "only other waiting pod of that size (`len(sized) == 1` fallback) — the deleted pod's container "
@@ -114,7 +124,8 @@ async def test_pod_deleted_while_the_kubelet_allocates_it() -> None:
     async with rel_cluster(nodes=1, gpus=2) as rel:
         monitor = rel.monitor("deleted-mid-allocate")
         async with monitor.running():
-            hold = hold_allocate(rel, 2.0)
+            hold = hold_allocate(rel, "node-1")
+            assert hold.release is not None
             await rel.create(gpu_pod("first", gpumem=1000, gpucores=10))
             await rel.create(gpu_pod("second", gpumem=2000, gpucores=20))
             await until(lambda: hold.hits >= 1, within=20, what="Allocate of 'first' in flight")
@@ -124,6 +135,10 @@ async def test_pod_deleted_while_the_kubelet_allocates_it() -> None:
                 what="'second' bound",
             )
             await rel.delete("first")  # bound: graceful, the kubelet finishes it
+            first = rel.pod("first")
+            if first is None or not first["metadata"].get("deletionTimestamp"):
+                raise RuntimeError(f"'first' should be terminating while its Allocate is frozen: {first}")
+            hold.release.set()
             await until(lambda: settled(rel.pod("second")), within=30, what="'second' settled")
             await monitor.settle(within=15)
         second = rel.pod("second")

@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from rel_invariants import InvariantChecker, InvariantMonitor, InvariantSettings, expected_env
+from rel_invariants import InvariantChecker, InvariantSettings, expected_env
+from rel_monitor import InvariantMonitor
 
 from hami.core import keys
 from hami.core.ids import DeviceID
