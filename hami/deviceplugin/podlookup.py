@@ -13,6 +13,14 @@ the pod must really be bound to this node and waiting, its next container entry 
 many devices as kubelet asked for, and when kubelet's IDs name GPUs (GetPreferredAllocation)
 they must be exactly that entry's GPUs. Several plausible pods and no way to tell them apart
 is an error, never a guess (HAMi #781, #2640, #3096).
+
+A pod being deleted while it waits still owns its entry for matching: kubelet may be
+allocating it right now (the Allocate was in flight when the delete landed). Were it dropped,
+that Allocate would match the only other waiting pod and hand it the neighbour's devices, and
+the neighbour's own Allocate would then find nothing. So it stays a candidate, in its place in
+the order, and when it is the match the call fails with :class:`PodBeingDeleted` (the service
+marks the pod failed, which takes it out of the candidates): never a neighbour's devices, and
+no devices for a container that is going away.
 """
 
 from __future__ import annotations
@@ -75,12 +83,29 @@ class AmbiguousAllocation(PodLookupError):
 
 
 class MalformedAllocation(PodLookupError):
-    """The matched pod's annotations cannot be read; the pod can never be allocated."""
+    """The matched pod can never be allocated: its annotations cannot be read (``cause``).
 
-    def __init__(self, pod: RawObject, cause: DecodeError) -> None:
+    The caller fails the call and marks ``pod`` failed (the service does, for this class and
+    its subclasses).
+    """
+
+    def __init__(self, pod: RawObject, cause: DecodeError | None, *, reason: str | None = None) -> None:
         self.pod = pod
         self.cause = cause
-        super().__init__(f"pod {pod_ref(pod)}: {cause}")
+        super().__init__(f"pod {pod_ref(pod)}: {reason if reason is not None else cause}")
+
+
+class PodBeingDeleted(MalformedAllocation):
+    """The Allocate belongs to a pod that is being deleted: failed (and the pod marked failed)
+    rather than served with another pod's devices or with devices for a container going away."""
+
+    def __init__(self, pod: RawObject, why: str) -> None:
+        super().__init__(
+            pod,
+            None,
+            reason=f"is being deleted (deletionTimestamp {_meta(pod).get('deletionTimestamp')}); "
+            f"{why}; refusing this Allocate rather than serving another pod's devices",
+        )
 
 
 # ----------------------------------------------------------------------------------- values
@@ -174,13 +199,20 @@ def _creation_key(pod: RawObject) -> tuple[str, str, str]:
     return (str(meta.get("creationTimestamp", "")), str(meta.get("namespace", "")), str(meta.get("name", "")))
 
 
-def pending_entry(pod: RawObject, node: str) -> tuple[int, ContainerDevices, PodSingleDevice] | str:
+def deleting(pod: RawObject) -> bool:
+    return bool(_meta(pod).get("deletionTimestamp"))
+
+
+def pending_entry(
+    pod: RawObject, node: str, *, include_deleting: bool = False
+) -> tuple[int, ContainerDevices, PodSingleDevice] | str:
     """The next container entry this pod waits for on ``node``, or why it is not waiting.
 
-    Raises :class:`DecodeError` when the to-allocate annotation is malformed.
+    A pod being deleted is "not waiting" unless ``include_deleting`` (the matcher wants it: a
+    delete can land while kubelet allocates the pod). Raises :class:`DecodeError` when the
+    to-allocate annotation is malformed.
     """
-    meta = _meta(pod)
-    if meta.get("deletionTimestamp"):
+    if deleting(pod) and not include_deleting:
         return "being deleted"
     status = pod.get("status")
     phase = status.get("phase") if isinstance(status, Mapping) else None
@@ -211,11 +243,31 @@ def pending_entry(pod: RawObject, node: str) -> tuple[int, ContainerDevices, Pod
     return "all containers already allocated"
 
 
+def _gpu_of(virtual_id: str) -> str:
+    return virtual_id.rpartition("-")[0]
+
+
 def names_gpus_of(device_ids: Sequence[str], devices: ContainerDevices) -> bool:
     """Kubelet's virtual IDs (``<uuid>-<i>``) name exactly the entry's GPUs (as a multiset)."""
     wanted = sorted(device_id_of(d.uuid) for d in devices)
-    got = sorted(vid.rpartition("-")[0] for vid in device_ids)
+    got = sorted(_gpu_of(vid) for vid in device_ids)
     return wanted == got
+
+
+def names_gpus_of_others(
+    device_ids: Sequence[str], chosen: PendingAllocation, others: Sequence[PendingAllocation]
+) -> list[str]:
+    """The other waiting pods whose entries hold a GPU kubelet named that ``chosen`` does not.
+
+    Kubelet without a preference picks any free IDs, so IDs naming no waiting pod's GPU say
+    nothing; IDs naming another pod's GPU say the call may well be that pod's.
+    """
+    named = {_gpu_of(vid) for vid in device_ids} - {device_id_of(d.uuid) for d in chosen.devices}
+    return [
+        pod_ref(o.pod)
+        for o in others
+        if o is not chosen and named & {device_id_of(d.uuid) for d in o.devices}
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,7 +317,7 @@ class HamiPendingPodSource:
                 logger.info("node %s: lock names %s but UID %s, not this pod's", node, pod_ref(pod), lock.uid)
                 from_lock = False
             try:
-                entry = pending_entry(pod, node)
+                entry = pending_entry(pod, node, include_deleting=True)
             except DecodeError as e:
                 malformed.append((MalformedAllocation(pod, e), from_lock))
                 continue
@@ -289,12 +341,20 @@ class HamiPendingPodSource:
         exact = [c for c in sized if names_gpus_of(device_ids, c.allocation.devices)]
         if exact:
             # Same GPUs requested: the lock holder, else the oldest (kubelet admits in creation order).
-            return exact[0].allocation
+            return _servable(exact[0].allocation, "kubelet's device IDs name its GPUs")
         locked = [c for c in sized if c.from_lock]
         if locked:
-            return locked[0].allocation
+            return _servable(locked[0].allocation, "it holds the node lock")
         if len(sized) == 1:
-            return sized[0].allocation
+            only = sized[0].allocation
+            others = names_gpus_of_others(device_ids, only, [c.allocation for c in candidates])
+            if others:
+                raise AmbiguousAllocation(
+                    f"node {node}: only {pod_ref(only.pod)} waits for {len(device_ids)} device(s) but "
+                    f"kubelet's device IDs {list(device_ids)} name GPUs of {', '.join(others)}; "
+                    "refusing to guess"
+                )
+            return _servable(only, "it is the only pod waiting for this many devices")
         if len(sized) > 1:
             names = ", ".join(pod_ref(c.allocation.pod) for c in sized)
             raise AmbiguousAllocation(
@@ -318,9 +378,17 @@ class HamiPendingPodSource:
         raise PodLookupError(f"no pod on node {node} waits for {len(device_ids)} device(s) ({detail})")
 
     async def expected(self, node: str, count: int) -> PendingAllocation | None:
+        # Pods being deleted keep their place: kubelet may be allocating one right now, and
+        # steering that call to a neighbour's GPUs is exactly what must not happen.
         candidates, _skipped, _malformed = await self._candidates(node)
         sized = [c for c in candidates if len(c.allocation.devices) == count]
         return sized[0].allocation if sized else None
+
+
+def _servable(allocation: PendingAllocation, why: str) -> PendingAllocation:
+    if deleting(allocation.pod):
+        raise PodBeingDeleted(allocation.pod, f"this Allocate matches it ({why})")
+    return allocation
 
 
 # ----------------------------------------------------------------------------------- recorder

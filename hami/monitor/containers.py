@@ -1,7 +1,7 @@
 """The containers directory: ``<root>/<pod-uid>_<container>/<uuid>.cache`` (node spec §7.2).
 
-One :class:`ContainerScanner` owns the open region mappings. ``scan()`` is blocking (directory
-listing, mmap, ``rm -rf``) and runs in a worker thread; it is never called concurrently.
+One :class:`ContainerScanner` owns the open region files. ``scan()`` is blocking (directory
+listing, pread, ``rm -rf``) and runs in a worker thread; it is never called concurrently.
 
 Rules, as HAMi 2.8 with HEAD's fixes where 2.8 crashes:
 

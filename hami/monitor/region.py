@@ -1,4 +1,4 @@
-"""HAMi-core shared-region files (``<uuid>.cache``): pure parsing plus a thin mmap reader/writer.
+"""HAMi-core shared-region files (``<uuid>.cache``): pure parsing plus a thin pread/pwrite reader/writer.
 
 Layout: hami-core-contract.md ("Shared region file layout", version 1.2) and hami-node-spec.md §7.3
 (version 1.1, HAMi 2.8's HAMi-core). Both versions share one layout (struct 2008952 bytes, file one
@@ -6,11 +6,16 @@ byte longer); 1.2 adds a per-slot seqlock at slot offset 1936 and a second semap
 where 1.1 has unused bytes. Anything else (the legacy v0 layout, other majors/minors, short files,
 values out of range) is refused with a :class:`RegionError` naming the file and what was wrong.
 
-Parsing works on any buffer: bytes in tests, a live ``mmap`` in the monitor. On a live mapping the
-seqlock matters: a slot's ``used`` counters are read only while its seqlock is even and unchanged
-across the read; after ``seqlock_retries`` failed attempts the last values are kept and the slot is
-flagged ``consistent=False`` (a writer killed mid-update leaves the lock odd forever, and one stuck
-slot must not hide the whole container).
+Parsing works on any buffer (bytes in tests) or on a live file read piecewise with ``os.pread``.
+The live file is deliberately never mapped: anyone may truncate it in place (a container's
+``rm``, a re-created region, a bad actor in a pod) and touching a mapped page past the new end
+kills the whole monitor with SIGBUS, whereas a short ``pread`` is just a :class:`RegionError`
+for that one file. Only the header, the tail and the ``proc_num`` used slots are read (a few
+KiB, not the 2 MB file). On a live file the seqlock matters: a slot's ``used`` counters are
+read only while its seqlock is even and unchanged across the read; after ``seqlock_retries``
+failed attempts the last values are kept and the slot is flagged ``consistent=False`` (a writer
+killed mid-update leaves the lock odd forever, and one stuck slot must not hide the whole
+container).
 
 Reading a file is blocking I/O: the monitor calls these functions through ``asyncio.to_thread``.
 """
@@ -18,7 +23,6 @@ Reading a file is blocking I/O: the monitor calls these functions through ``asyn
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 import struct
 from collections.abc import Callable
@@ -71,7 +75,9 @@ assert _TAIL.size == STRUCT_SIZE - OFF_PROC_NUM
 assert _SLOT.size == SLOT_SIZE
 assert OFF_PROCS + MAX_PROCS * SLOT_SIZE == OFF_PROC_NUM
 
-RegionBuffer = bytes | bytearray | memoryview | mmap.mmap
+RegionBuffer = bytes | bytearray | memoryview
+# read_at(offset, size) -> exactly ``size`` bytes, or raises RegionError (a short read: truncated).
+_ReadAt = Callable[[int, int], bytes]
 
 
 class RegionError(HamiError):
@@ -196,9 +202,21 @@ def _uuid(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("ascii", errors="replace")
 
 
+def _buffer_reader(buf: RegionBuffer) -> _ReadAt:
+    view = memoryview(buf)
+
+    def read_at(offset: int, size: int) -> bytes:
+        return bytes(view[offset : offset + size])
+
+    return read_at
+
+
 def check_header(buf: RegionBuffer, source: str) -> tuple[int, int]:
     """Validate size, magic and version; return ``(major, minor)`` or raise :class:`RegionError`."""
-    size = len(buf)
+    return _check_header(len(buf), _buffer_reader(buf), source)
+
+
+def _check_header(size: int, read_at: _ReadAt, source: str) -> tuple[int, int]:
     if size == 0:
         raise RegionNotReady(source, "file is empty (no process has created the region yet)")
     if size == V0_FILE_SIZE:
@@ -208,13 +226,14 @@ def check_header(buf: RegionBuffer, source: str) -> tuple[int, int]:
         )
     if size < OFF_MINOR + 4:
         raise RegionError(source, f"truncated: {size} bytes, too short for the region header")
-    (magic,) = _I32.unpack_from(buf, OFF_MAGIC)
+    head = read_at(0, OFF_MINOR + 4)
+    (magic,) = _I32.unpack_from(head, OFF_MAGIC)
     if magic != MAGIC:
         if magic == 0 and size >= STRUCT_SIZE:
             raise RegionNotReady(source, "not initialised yet (initialized_flag is 0)")
         raise RegionError(source, f"bad initialized_flag {magic}, expected {MAGIC}: not a HAMi-core region")
-    (major,) = _U32.unpack_from(buf, OFF_MAJOR)
-    (minor,) = _U32.unpack_from(buf, OFF_MINOR)
+    (major,) = _U32.unpack_from(head, OFF_MAJOR)
+    (minor,) = _U32.unpack_from(head, OFF_MINOR)
     if (major, minor) not in SUPPORTED_VERSIONS:
         raise RegionError(source, f"unsupported region version {major}.{minor}; supported: 1.1 and 1.2")
     if size < STRUCT_SIZE:
@@ -227,7 +246,7 @@ def check_header(buf: RegionBuffer, source: str) -> tuple[int, int]:
 
 
 def _slot(
-    buf: RegionBuffer,
+    read_at: _ReadAt,
     index: int,
     *,
     seqlocked: bool,
@@ -239,19 +258,19 @@ def _slot(
     if seqlocked:
         # Seqlock discipline: read only while even and unchanged across the read.
         for _ in range(max(retries, 1)):
-            (before,) = _U64.unpack_from(buf, off + SLOT_OFF_SEQLOCK)
+            (before,) = _U64.unpack(read_at(off + SLOT_OFF_SEQLOCK, _U64.size))
             if not before & 1:
-                fields = _SLOT.unpack_from(buf, off)
-                (after,) = _U64.unpack_from(buf, off + SLOT_OFF_SEQLOCK)
+                fields = _SLOT.unpack(read_at(off, SLOT_SIZE))
+                (after,) = _U64.unpack(read_at(off + SLOT_OFF_SEQLOCK, _U64.size))
                 if after == before:
                     break
             if on_retry is not None:
                 on_retry(index)
         else:
-            fields = _SLOT.unpack_from(buf, off)
+            fields = _SLOT.unpack(read_at(off, SLOT_SIZE))
             consistent = False
     else:
-        fields = _SLOT.unpack_from(buf, off)
+        fields = _SLOT.unpack(read_at(off, SLOT_SIZE))
     pid, hostpid = fields[0], fields[1]
     used_raw = fields[2:130]
     monitorused = tuple(fields[130:146])
@@ -292,12 +311,31 @@ def parse_region(
     seqlock_retries: int = DEFAULT_SEQLOCK_RETRIES,
     on_retry: Callable[[int], None] | None = None,
 ) -> SharedRegion:
-    """Decode a region from ``buf`` (bytes or a live mapping); ``source`` names it in errors.
+    """Decode a region from ``buf``; ``source`` names it in errors.
 
     ``on_retry(slot_index)`` is called after each failed seqlock attempt (a test seam; the monitor
     passes nothing and simply spins, writers hold the lock for a few stores only).
     """
-    major, minor = check_header(buf, source)
+    return _parse(
+        len(buf),
+        _buffer_reader(buf),
+        source=source,
+        file_size=file_size,
+        seqlock_retries=seqlock_retries,
+        on_retry=on_retry,
+    )
+
+
+def _parse(
+    size: int,
+    read_at: _ReadAt,
+    *,
+    source: str,
+    file_size: int | None,
+    seqlock_retries: int,
+    on_retry: Callable[[int], None] | None,
+) -> SharedRegion:
+    major, minor = _check_header(size, read_at, source)
     (
         magic,
         _major,
@@ -308,9 +346,9 @@ def parse_region(
         device_num,
         uuids_raw,
         *limits_and_sm,
-    ) = _HEADER.unpack_from(buf, 0)
-    proc_num, utilization_switch, recent_kernel, priority, last_kernel_time, postinit_raw = _TAIL.unpack_from(
-        buf, OFF_PROC_NUM
+    ) = _HEADER.unpack(read_at(0, _HEADER.size))
+    proc_num, utilization_switch, recent_kernel, priority, last_kernel_time, postinit_raw = _TAIL.unpack(
+        read_at(OFF_PROC_NUM, _TAIL.size)
     )
     if device_num > MAX_DEVICES:
         raise RegionError(source, f"device_num {device_num} exceeds {MAX_DEVICES}: corrupted region")
@@ -318,12 +356,12 @@ def parse_region(
         raise RegionError(source, f"proc_num {proc_num} outside 0..{MAX_PROCS}: corrupted region")
     seqlocked = (major, minor) >= (1, 2)
     procs = tuple(
-        _slot(buf, k, seqlocked=seqlocked, retries=seqlock_retries, on_retry=on_retry)
+        _slot(read_at, k, seqlocked=seqlocked, retries=seqlock_retries, on_retry=on_retry)
         for k in range(proc_num)
     )
     return SharedRegion(
         source=source,
-        file_size=len(buf) if file_size is None else file_size,
+        file_size=size if file_size is None else file_size,
         initialized_flag=magic,
         major_version=major,
         minor_version=minor,
@@ -345,21 +383,24 @@ def parse_region(
 
 
 class RegionFile:
-    """An open, validated region file mapped ``MAP_SHARED``: live reads and the monitor's few writes.
+    """An open, validated region file read with ``pread`` and written with ``pwrite``.
 
-    Writes are plain aligned 32-bit stores without the region semaphore, exactly as HAMi 2.8's
-    monitor does (HAMi-core reads these fields without locking too). Blocking: use from a thread.
+    Never mapped (module docstring): the file can shrink under us at any moment, and every read
+    checks it got all it asked for, so truncation is this file's :class:`RegionError`, never a
+    SIGBUS. Writes are plain aligned 32-bit stores without the region semaphore, exactly as HAMi
+    2.8's monitor does (HAMi-core reads these fields without locking too; its ``MAP_SHARED``
+    mapping shares the page cache ``pwrite`` updates). Blocking: use from a thread.
     """
 
-    def __init__(self, path: Path, mapping: mmap.mmap, *, writable: bool, version: tuple[int, int]) -> None:
+    def __init__(self, path: Path, fd: int, *, writable: bool, version: tuple[int, int]) -> None:
         self.path = path
         self.writable = writable
         self.version = version
-        self._map = mapping
+        self._fd: int | None = fd
 
     @classmethod
     def open(cls, path: Path, *, writable: bool = True) -> RegionFile:
-        """Map ``path`` and validate it; fall back to read-only when it cannot be opened for writing."""
+        """Open ``path`` and validate it; fall back to read-only when it cannot be opened for writing."""
         source = str(path)
         try:
             fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
@@ -367,39 +408,63 @@ class RegionFile:
             if writable and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 return cls.open(path, writable=False)
             raise RegionError(source, f"cannot open: {e.strerror or e}") from e
+        region = cls(path, fd, writable=writable, version=(0, 0))
         try:
-            size = os.fstat(fd).st_size
-            if size == 0:
-                raise RegionNotReady(source, "file is empty (no process has created the region yet)")
-            access = mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ
-            try:
-                mapping = mmap.mmap(fd, size, access=access)
-            except (OSError, ValueError) as e:
-                raise RegionError(source, f"cannot map: {e}") from e
-        finally:
-            os.close(fd)
-        try:
-            version = check_header(mapping, source)
-        except RegionError:
-            mapping.close()
+            region.version = _check_header(region._size(), region._read_at, source)
+        except BaseException:
+            region.close()
             raise
-        return cls(path, mapping, writable=writable, version=version)
+        return region
+
+    def _open_fd(self) -> int:
+        if self._fd is None:
+            raise RegionError(str(self.path), "region file is closed")
+        return self._fd
+
+    def _size(self) -> int:
+        try:
+            return os.fstat(self._open_fd()).st_size
+        except OSError as e:
+            raise RegionError(str(self.path), f"cannot stat: {e.strerror or e}") from e
+
+    def _read_at(self, offset: int, size: int) -> bytes:
+        try:
+            data = os.pread(self._open_fd(), size, offset)
+        except OSError as e:
+            raise RegionError(str(self.path), f"cannot read: {e.strerror or e}") from e
+        if len(data) != size:
+            raise RegionError(
+                str(self.path),
+                f"truncated while being read: {size} bytes wanted at offset {offset}, got {len(data)} "
+                f"(file is now {self._size()} bytes, a region needs {STRUCT_SIZE})",
+            )
+        return data
 
     def read(self, *, seqlock_retries: int = DEFAULT_SEQLOCK_RETRIES) -> SharedRegion:
-        return parse_region(self._map, source=str(self.path), seqlock_retries=seqlock_retries)
+        return _parse(
+            self._size(),
+            self._read_at,
+            source=str(self.path),
+            file_size=None,
+            seqlock_retries=seqlock_retries,
+            on_retry=None,
+        )
+
+    def _read_i32(self, offset: int) -> int:
+        return int(_I32.unpack(self._read_at(offset, _I32.size))[0])
 
     def read_recent_kernel(self) -> int:
-        return int(_I32.unpack_from(self._map, OFF_RECENT_KERNEL)[0])
+        return self._read_i32(OFF_RECENT_KERNEL)
 
     def read_utilization_switch(self) -> int:
-        return int(_I32.unpack_from(self._map, OFF_UTILIZATION_SWITCH)[0])
+        return self._read_i32(OFF_UTILIZATION_SWITCH)
 
     def read_priority(self) -> int:
-        return int(_I32.unpack_from(self._map, OFF_PRIORITY)[0])
+        return self._read_i32(OFF_PRIORITY)
 
     def read_device_uuids(self) -> tuple[str, ...]:
         """Non-empty UUID fields in slot order (what the feedback loop calls the region's devices)."""
-        raw = self._map[OFF_UUIDS : OFF_UUIDS + MAX_DEVICES * UUID_FIELD]
+        raw = self._read_at(OFF_UUIDS, MAX_DEVICES * UUID_FIELD)
         uuids = (_uuid(raw[i * UUID_FIELD : (i + 1) * UUID_FIELD]) for i in range(MAX_DEVICES))
         return tuple(u for u in uuids if u)
 
@@ -410,17 +475,28 @@ class RegionFile:
         self._write_i32(OFF_UTILIZATION_SWITCH, value)
 
     def _write_i32(self, offset: int, value: int) -> None:
+        source = str(self.path)
         if not self.writable:
-            raise RegionError(str(self.path), "mapped read-only; cannot write")
-        _I32.pack_into(self._map, offset, value)
+            raise RegionError(source, "opened read-only; cannot write")
+        # pwrite past the end would grow a truncated file back (sparse) behind its owner's back.
+        size = self._size()
+        if size < STRUCT_SIZE:
+            raise RegionError(source, f"truncated to {size} bytes; not writing offset {offset}")
+        try:
+            written = os.pwrite(self._open_fd(), _I32.pack(value), offset)
+        except OSError as e:
+            raise RegionError(source, f"cannot write: {e.strerror or e}") from e
+        if written != _I32.size:
+            raise RegionError(source, f"short write at offset {offset}: {written} of {_I32.size} bytes")
 
     @property
     def closed(self) -> bool:
-        return self._map.closed
+        return self._fd is None
 
     def close(self) -> None:
-        if not self._map.closed:
-            self._map.close()
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
 
     def __enter__(self) -> RegionFile:
         return self
@@ -430,6 +506,6 @@ class RegionFile:
 
 
 def read_region_file(path: Path, *, seqlock_retries: int = DEFAULT_SEQLOCK_RETRIES) -> SharedRegion:
-    """One-shot read of ``path`` (maps it read-only so the seqlock retries see concurrent writers)."""
+    """One-shot read of ``path`` (read live, so the seqlock retries see concurrent writers)."""
     with RegionFile.open(path, writable=False) as region:
         return region.read(seqlock_retries=seqlock_retries)

@@ -446,12 +446,6 @@ async def test_fuzzed_region_files_never_crash_the_monitor(monitored: Monitored,
         await resp.read()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="monitor (issue 7): hami.monitor.region.RegionFile keeps the region mapped MAP_SHARED at its "
-    "open-time size and never re-checks the file size, so a region truncated in place makes the next "
-    "scan touch pages past EOF and the process dies of SIGBUS (exit -7)",
-)
 async def test_region_truncated_under_a_running_monitor_process(h100_fixtures: Path) -> None:
     """A region shrunk in place while the monitor has it mapped must not kill the process
     (touching a ``MAP_SHARED`` mapping past the file's new end raises SIGBUS)."""

@@ -112,14 +112,6 @@ async def test_device_plugin_and_kubelet_restarted_mid_allocate() -> None:
         monitor.assert_clean()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="device plugin (issue 6): HamiPendingPodSource drops pods that are being deleted from the "
-    "candidates, so an Allocate the kubelet makes for a pod deleted mid-admission is matched to the "
-    "only other waiting pod of that size (`len(sized) == 1` fallback) — the deleted pod's container "
-    "gets its neighbour's devices and the neighbour is rejected (HAMi #3096 class)",
-)
 async def test_pod_deleted_while_the_kubelet_allocates_it() -> None:
     async with rel_cluster(nodes=1, gpus=2) as rel:
         monitor = rel.monitor("deleted-mid-allocate")
