@@ -60,6 +60,11 @@ def main() -> int:
     parser.add_argument("--traces", default=",".join(TRACES))
     parser.add_argument("--all", action="store_true", help="also dotprod, gpu-packing, gpu-clustering")
     parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument(
+        "--tuning-seeds",
+        default="42-44",
+        help="seeds fragmentation-aware was tuned on: its gain is also shown on them and on the rest",
+    )
     args = parser.parse_args()
     seeds = parse_seeds(args.seeds)
     policies = ["random", "best-fit", "fgd", "fragmentation-aware"]
@@ -124,8 +129,26 @@ def main() -> int:
         )
     mean_gain = mean(gains) if gains else math.nan
     print(f"{'mean gain':<11} {'':>8} {'':>11} {mean_gain:>+7.3f}")
+    tuning = set(parse_seeds(args.tuning_seeds)) & set(seeds)
+    held_out = set(seeds) - tuning
+    for label, subset in (("tuning seeds", tuning), ("held-out seeds", held_out)):
+        if not subset:
+            continue
+        per_trace = []
+        for trace in args.traces.split(","):
+            fgd_sub = [r.alloc_pct[130] for r in ours[("fgd", trace)] if r.seed in subset]
+            fa_sub = [r.alloc_pct[130] for r in ours[("fragmentation-aware", trace)] if r.seed in subset]
+            per_trace.append(mean(fa_sub) - mean(fgd_sub))
+        detail = " ".join(f"{g:+.3f}" for g in per_trace)
+        print(f"{label} {_seed_text(sorted(subset))}: mean gain {mean(per_trace):+.3f} (per trace {detail})")
     print(f"\ntotal {time.monotonic() - started:.0f}s")
     return 1 if failures else 0
+
+
+def _seed_text(seeds: list[int]) -> str:
+    if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2:
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(str(s) for s in seeds)
 
 
 if __name__ == "__main__":

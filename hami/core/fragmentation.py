@@ -4,6 +4,8 @@ A node's free GPU capacity is a *fragment* for a pod shape when that shape canno
 shape does not fit the node at all (GPU, CPU or model), or it fits but some GPUs have less left
 than the shape needs per GPU. The fragmentation F(n) of a node is the expected fragment over the
 distribution of typical pods (replay-method §6.6). FGD places a pod where F grows the least.
+:class:`CpuAwareFragmentation` adds what F cannot see: free GPU that the node's remaining CPU
+will not be able to feed (our ``fragmentation-aware`` policy scores the change of the sum).
 
 Everything here is pure and deterministic. :class:`FragmentationModel` memoises F by node state
 (GPU model, the CPU "class" of the free CPU, the multiset of free GPU milli), which is what makes
@@ -16,7 +18,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -101,7 +103,7 @@ class FragmentationModel:
     their distinct CPU values; the GPU order does not matter to F, so the free milli are sorted.
     """
 
-    __slots__ = ("_compiled", "_f_memo", "_score_memo", "_thresholds", "typical")
+    __slots__ = ("_change_memo", "_compiled", "_f_memo", "_score_memo", "_thresholds", "typical")
 
     def __init__(self, typical: Sequence[TypicalPod]) -> None:
         self.typical = tuple(typical)
@@ -110,6 +112,9 @@ class FragmentationModel:
         self._f_memo: dict[tuple[str, int, tuple[int, ...]], float] = {}
         self._score_memo: dict[
             tuple[str, int, int, tuple[int, ...], int, int], tuple[int, tuple[int, ...]]
+        ] = {}
+        self._change_memo: dict[
+            tuple[str, int, int, tuple[int, ...], int, int], tuple[float, tuple[int, ...]]
         ] = {}
 
     def cpu_class(self, cpu_left: int) -> int:
@@ -194,16 +199,8 @@ class FragmentationModel:
         elif number == 1 and milli < MILLI:
             best = -1
             values: list[int] = []
-            previous = -1
-            for pos, v in enumerate(lefts_sorted):
-                if v < milli or v == previous:
-                    continue
-                previous = v
-                trial = list(lefts_sorted)
-                del trial[pos]
-                nv = v - milli
-                trial.insert(bisect_left(trial, nv), nv)
-                score = sigmoid_score(before - self.fragmentation_sorted(model, c1, tuple(trial)))
+            for v, trial in sharing_trials(lefts_sorted, milli):
+                score = sigmoid_score(before - self.fragmentation_sorted(model, c1, trial))
                 if score > best:
                     best = score
                     values = [v]
@@ -218,6 +215,60 @@ class FragmentationModel:
             self._score_memo.clear()
         self._score_memo[memo_key] = result
         return result
+
+    def least_change(
+        self, model: str, cpu_left: int, lefts_sorted: tuple[int, ...], cpu: int, milli: int, number: int
+    ) -> tuple[float, tuple[int, ...]]:
+        """The smallest change of F a pod's placement can make, and (sharing pods) the GPU values
+        reaching it.
+
+        Like :meth:`fgd_choice` but exact: F(after) - F(before) in float, minimised over the GPU
+        a sharing pod may take (each distinct free value ``v >= milli``), instead of FGD's
+        truncated score. The caller guarantees that the pod fits.
+        """
+        thresholds = self._thresholds
+        c0 = bisect_right(thresholds, cpu_left)
+        c1 = bisect_right(thresholds, cpu_left - cpu)
+        memo_key = (model, c0, c1, lefts_sorted, milli, number)
+        hit = self._change_memo.get(memo_key)
+        if hit is not None:
+            return hit
+        before = self.fragmentation_sorted(model, c0, lefts_sorted)
+        result: tuple[float, tuple[int, ...]]
+        if milli <= 0:
+            result = (self.fragmentation_sorted(model, c1, lefts_sorted) - before, ())
+        elif number == 1 and milli < MILLI:
+            best = math.inf
+            values: list[int] = []
+            for v, trial in sharing_trials(lefts_sorted, milli):
+                after = self.fragmentation_sorted(model, c1, trial)
+                if after < best:
+                    best = after
+                    values = [v]
+                elif after == best:
+                    values.append(v)
+            result = (best - before, tuple(values))
+        else:
+            after_lefts = whole_gpu_after(lefts_sorted, milli, number)
+            result = (self.fragmentation_sorted(model, c1, after_lefts) - before, ())
+        if len(self._change_memo) >= _MEMO_LIMIT:
+            self._change_memo.clear()
+        self._change_memo[memo_key] = result
+        return result
+
+
+def sharing_trials(lefts_sorted: tuple[int, ...], milli: int) -> Iterator[tuple[int, tuple[int, ...]]]:
+    """Each distinct free value ``v >= milli`` a sharing pod may take, with the sorted free milli after."""
+    previous = -1
+    for pos, v in enumerate(lefts_sorted):
+        if v < milli or v == previous:
+            continue
+        previous = v
+        trial = list(lefts_sorted)
+        del trial[pos]
+        nv = v - milli
+        trial.insert(bisect_left(trial, nv), nv)
+        yield v, tuple(trial)
 
 
 def whole_gpu_after(lefts_sorted: tuple[int, ...], milli: int, number: int) -> tuple[int, ...]:
@@ -282,160 +333,72 @@ class ShapeWindow:
         return self._model
 
 
-class PackingFragmentation:
-    """Fragmentation counted by what repeated typical pods could still *fill* (our policy's measure).
+def cpu_per_gpu_milli(typical: Sequence[TypicalPod]) -> float:
+    """CPU milli the typical GPU pods ask per GPU milli, weighted by popularity (0: no GPU pod).
 
-    FGD asks whether one more typical pod fits. This asks how much of the node's free GPU a
-    stream of pods of each typical shape could consume before the node runs out of fitting
-    GPUs or CPU: ``copies_t = min(gpu slots for t, cpu_left // cpu_t)``, and the fragment for t
-    is ``free GPU - copies_t x gpu_t``. It sees GPUs that will be stranded by a lack of CPU, and
-    sub-GPU remainders no pod of t can use, both of which FGD only sees once a single pod no
-    longer fits. (Memory was tried as a third cap and did not help on the openb traces.)
+    On the openb traces this is about 10.9 (cores per whole GPU); an 8-GPU node with 96 cores
+    offers 12, a 2-GPU T4 node with 104 cores offers 52.
+    """
+    cpu = gpu = 0.0
+    for t in typical:
+        k = t.key
+        if k.gpu_milli > 0 and k.gpu_number > 0:
+            cpu += t.weight * k.cpu_milli
+            gpu += t.weight * k.gpu_milli * k.gpu_number
+    return cpu / gpu if gpu > 0 else 0.0
 
-    Values are memoised by (model, per-shape copy caps clamped to what the GPUs could hold,
-    sorted free milli), which recur often.
+
+def stranded_gpu(gpu_left: int, cpu_left: int, cpu_per_milli: float) -> float:
+    """Free GPU milli that the node's free CPU cannot feed at ``cpu_per_milli`` CPU per GPU milli."""
+    if cpu_per_milli <= 0:
+        return 0.0
+    fed = max(cpu_left, 0) / cpu_per_milli
+    return gpu_left - fed if gpu_left > fed else 0.0
+
+
+class CpuAwareFragmentation:
+    """Expected fragmentation that also counts GPU stranded by CPU: G(n) = F(n) + S(n).
+
+    F is FGD's measure: it asks whether *one* more typical pod fits, so a node whose CPU is
+    nearly gone still looks unfragmented as long as one pod's worth is left. S looks further:
+    the typical GPU pods ask ``rho`` CPU milli per GPU milli (:func:`cpu_per_gpu_milli`), so a
+    node with ``cpu_left`` can feed at most ``cpu_left / rho`` of its free GPU, and the rest
+    (:func:`stranded_gpu`) will most likely never be allocated. Both are GPU milli, so they add.
+    Placing a pod is judged by the change of G: CPU-hungry pods (and CPU-only ones) are steered
+    to nodes with CPU to spare, and GPUs on CPU-lean nodes are kept for CPU-lean pods.
     """
 
-    __slots__ = (
-        "_caps_memo",
-        "_delta_memo",
-        "_rows_by_model",
-        "_slots_memo",
-        "_value_memo",
-        "_wsum",
-        "typical",
-    )
+    __slots__ = ("cpu_per_milli", "fgd")
 
     def __init__(self, typical: Sequence[TypicalPod]) -> None:
-        self.typical = tuple(typical)
-        self._wsum = math.fsum(t.weight for t in self.typical)
-        # model -> rows (weight x milli per copy, cpu per copy, milli per GPU, GPUs per copy)
-        self._rows_by_model: dict[str, tuple[tuple[float, int, int, int], ...]] = {}
-        self._caps_memo: dict[tuple[str, int, int], tuple[int, ...]] = {}
-        self._slots_memo: dict[tuple[str, tuple[int, ...]], tuple[int, ...]] = {}
-        self._value_memo: dict[tuple[str, tuple[int, ...], tuple[int, ...]], float] = {}
-        self._delta_memo: dict[
-            tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...], int, int, tuple[int, ...]],
-            tuple[float, tuple[int, ...]],
-        ] = {}
+        self.fgd = FragmentationModel(typical)
+        self.cpu_per_milli = cpu_per_gpu_milli(self.fgd.typical)
 
-    def _rows(self, model: str) -> tuple[tuple[float, int, int, int], ...]:
-        rows = self._rows_by_model.get(model)
-        if rows is None:
-            rows = tuple(
-                (
-                    t.weight * t.key.gpu_milli * t.key.gpu_number,
-                    t.key.cpu_milli,
-                    t.key.gpu_milli,
-                    t.key.gpu_number,
-                )
-                for t in self.typical
-                # a shape that can use no GPU here has all free GPU as fragment: no row needed
-                if t.key.gpu_milli > 0 and t.key.gpu_number > 0 and model_allowed(t.key.gpu_type, model)
-            )
-            self._rows_by_model[model] = rows
-        return rows
+    @property
+    def typical(self) -> tuple[TypicalPod, ...]:
+        return self.fgd.typical
 
-    def caps(self, model: str, ngpu: int, cpu_left: int) -> tuple[int, ...]:
-        """Copies of each shape the free CPU allows, clamped to what ``ngpu`` GPUs could hold."""
-        memo_key = (model, ngpu, cpu_left)
-        hit = self._caps_memo.get(memo_key)
-        if hit is None:
-            free = max(cpu_left, 0)
-            out = []
-            for _, cpu, milli, number in self._rows(model):
-                cap = ngpu * (MILLI // milli) if milli < MILLI else ngpu // number
-                if cpu > 0 and free // cpu < cap:
-                    cap = free // cpu
-                out.append(cap)
-            hit = tuple(out)
-            if len(self._caps_memo) >= _MEMO_LIMIT:
-                self._caps_memo.clear()
-            self._caps_memo[memo_key] = hit
-        return hit
-
-    def _slots(self, model: str, lefts: tuple[int, ...]) -> tuple[int, ...]:
-        memo_key = (model, lefts)
-        hit = self._slots_memo.get(memo_key)
-        if hit is None:
-            slots = []
-            for _, _, milli, number in self._rows(model):
-                if milli < MILLI:
-                    slots.append(sum(v // milli for v in lefts))
-                else:
-                    slots.append(sum(1 for v in lefts if v >= milli) // number)
-            hit = tuple(slots)
-            if len(self._slots_memo) >= _MEMO_LIMIT:
-                self._slots_memo.clear()
-            self._slots_memo[memo_key] = hit
-        return hit
-
-    def value(self, model: str, caps: tuple[int, ...], lefts: tuple[int, ...]) -> float:
-        """The measure for sorted free milli ``lefts`` under copy caps ``caps``."""
-        memo_key = (model, caps, lefts)
-        hit = self._value_memo.get(memo_key)
-        if hit is None:
-            usable = 0.0
-            for row, slot, cap in zip(self._rows(model), self._slots(model, lefts), caps, strict=True):
-                usable += row[0] * (slot if slot < cap else cap)
-            hit = self._wsum * sum(lefts) - usable
-            if len(self._value_memo) >= _MEMO_LIMIT:
-                self._value_memo.clear()
-            self._value_memo[memo_key] = hit
-        return hit
-
-    def fragmentation(self, model: str, cpu_left: int, lefts: Sequence[int]) -> float:
-        lefts_sorted = tuple(sorted(lefts))
-        return self.value(model, self.caps(model, len(lefts_sorted), cpu_left), lefts_sorted)
+    def value(self, model: str, cpu_left: int, lefts: Iterable[int]) -> float:
+        ordered = tuple(sorted(lefts))
+        f = self.fgd.fragmentation_sorted(model, self.fgd.cpu_class(cpu_left), ordered)
+        return f + stranded_gpu(sum(ordered), cpu_left, self.cpu_per_milli)
 
     def delta(
-        self,
-        model: str,
-        cpu_left: int,
-        lefts_sorted: tuple[int, ...],
-        cpu: int,
-        milli: int,
-        number: int,
-        candidates: Sequence[int] = (),
-    ) -> tuple[float, tuple[int, ...]]:
-        """Increase of the measure when the pod is placed, and (sharing pods) the best GPU values.
-
-        For a sharing pod each distinct free value ``v >= milli`` (restricted to ``candidates``
-        when given) is tried; the returned values reach the smallest increase.
-        """
-        ngpu = len(lefts_sorted)
-        caps0 = self.caps(model, ngpu, cpu_left)
-        caps1 = self.caps(model, ngpu, cpu_left - cpu)
-        memo_key = (model, caps0, caps1, lefts_sorted, milli, number, tuple(candidates))
-        hit = self._delta_memo.get(memo_key)
-        if hit is not None:
-            return hit
-        before = self.value(model, caps0, lefts_sorted)
-        result: tuple[float, tuple[int, ...]]
-        if milli <= 0:
-            result = (self.value(model, caps1, lefts_sorted) - before, ())
-        elif not (number == 1 and milli < MILLI):
-            result = (self.value(model, caps1, whole_gpu_after(lefts_sorted, milli, number)) - before, ())
-        else:
-            best = math.inf
-            values: list[int] = []
-            previous = -1
-            for pos, v in enumerate(lefts_sorted):
-                if v < milli or v == previous or (candidates and v not in candidates):
-                    continue
-                previous = v
-                trial = list(lefts_sorted)
-                del trial[pos]
-                nv = v - milli
-                trial.insert(bisect_left(trial, nv), nv)
-                d = self.value(model, caps1, tuple(trial)) - before
-                if d < best - 1e-9:
-                    best = d
-                    values = [v]
-                elif d <= best + 1e-9:
-                    values.append(v)
-            result = (best, tuple(values))
-        if len(self._delta_memo) >= _MEMO_LIMIT:
-            self._delta_memo.clear()
-        self._delta_memo[memo_key] = result
-        return result
+        self, model: str, cpu_left: int, lefts_sorted: tuple[int, ...], cpu: int, milli: int, number: int
+    ) -> tuple[float, float, tuple[int, ...]]:
+        """Change of F and of S for the best placement of a pod on a node it fits, and (sharing
+        pods) the free-milli values of the GPUs reaching the smallest F."""
+        d_frag, values = self.fgd.least_change(model, cpu_left, lefts_sorted, cpu, milli, number)
+        rho = self.cpu_per_milli
+        if rho <= 0:
+            return d_frag, 0.0, values
+        # stranded_gpu before and after, inlined: this runs for every (pod, changed node)
+        gpu_left = sum(lefts_sorted)
+        fed = cpu_left / rho if cpu_left > 0 else 0.0
+        before = gpu_left - fed if gpu_left > fed else 0.0
+        if milli > 0:
+            gpu_left -= milli * number
+        rest = cpu_left - cpu
+        fed = rest / rho if rest > 0 else 0.0
+        after = gpu_left - fed if gpu_left > fed else 0.0
+        return d_frag, after - before, values

@@ -16,11 +16,11 @@ from itertools import combinations
 from typing import Final
 
 from hami.core.fragmentation import (
-    FragmentationModel,
-    PackingFragmentation,
+    CpuAwareFragmentation,
     ShapeKey,
     ShapeWindow,
     TypicalPod,
+    sigmoid_score,
 )
 
 MILLI: Final = 1000
@@ -42,6 +42,8 @@ POLICIES: Final = (*HAMI_POLICIES, *PAPER_POLICIES, OUR_POLICY)
 TOPOLOGY_GROUP: Final = 4
 TOPOLOGY_NEAR: Final = 100
 TOPOLOGY_FAR: Final = 10
+# A memo this large is cleared rather than grown further (a long-running scheduler).
+_KEY_MEMO_LIMIT: Final = 1_000_000
 
 
 def is_sharing(milli: int, number: int) -> bool:
@@ -256,20 +258,27 @@ def hami_choose_gpus(
 
 
 class FragmentationAware:
-    """Our policy: FGD's score first, then the least stranded capacity (:class:`PackingFragmentation`).
+    """Our policy: FGD's score computed on a fragmentation that also counts CPU-stranded GPU.
 
-    Node key (smaller is better, the caller breaks remaining ties by its fixed node order):
-    ``(-FGD score, increase of the fill-fragmentation)``. FGD's integer score leaves many
-    nodes tied; among them this prefers the node where the pod strands the least GPU capacity
-    through CPU exhaustion and unusable sub-GPU remainders (CPU-only pods thus go to nodes
-    whose CPU no GPU shape needs). The GPU of a sharing pod is chosen the same way.
+    FGD scores a node by ``int(100 x sigmoid(-dF / 1000))``, dF being the change of its
+    fragmentation F when the pod lands there (replay-method §6.6). Ours scores the change of
+    G = F + S instead, S being the free GPU the node's remaining CPU cannot feed at the CPU per
+    GPU that typical pods ask (:class:`~hami.core.fragmentation.CpuAwareFragmentation`). Most of
+    what FGD leaves unallocated on CPU-lean nodes (8-GPU nodes with 12 cores per GPU against
+    pods asking 11-19) is GPU whose CPU went to other pods; S makes that cost visible when the
+    CPU is spent, not when it is too late. The score is truncated like FGD's (equal scores mean
+    "equally good"); among equal scores the node whose stranded GPU grows least wins, and the
+    caller's fixed node order breaks what is left.
+
+    Node key (smaller is better): ``(-score, dS)``. A sharing pod takes the GPU minimising F
+    after it, the tightest such GPU when several do (:meth:`gpu_values`).
 
     The typical shapes come from a :class:`ShapeWindow` of recent requests (:meth:`observe`),
     or are fixed at construction (``typical``). Models are rebuilt by :meth:`refresh`, which
     returns True when scores may have changed so that a caller caching them can drop them.
     """
 
-    __slots__ = ("_fgd", "_fill", "_fixed", "_version", "window")
+    __slots__ = ("_fixed", "_keys", "_measure", "_version", "window")
 
     def __init__(
         self, window: ShapeWindow | None = None, typical: Sequence[TypicalPod] | None = None
@@ -278,9 +287,9 @@ class FragmentationAware:
             raise ValueError("FragmentationAware needs a ShapeWindow or a fixed typical-pod list")
         self.window = window
         self._fixed = typical is not None
-        shapes = tuple(typical) if typical is not None else ()
-        self._fgd = FragmentationModel(shapes)
-        self._fill = PackingFragmentation(shapes)
+        self._measure = CpuAwareFragmentation(tuple(typical) if typical is not None else ())
+        # Node keys by exact node state and pod shape: a replay asks ~10x more than it has states.
+        self._keys: dict[tuple[str, int, tuple[int, ...], int, int, int], tuple[int, float]] = {}
         self._version = -1
 
     def observe(self, key: ShapeKey) -> None:
@@ -292,28 +301,37 @@ class FragmentationAware:
             return False
         typical = self.window.typical()
         self._version = self.window.version
-        if typical == self._fgd.typical:
+        if typical == self._measure.typical:
             return False
-        self._fgd = FragmentationModel(typical)
-        self._fill = PackingFragmentation(typical)
+        self._measure = CpuAwareFragmentation(typical)
+        self._keys = {}
         return True
 
     @property
     def typical(self) -> tuple[TypicalPod, ...]:
-        return self._fgd.typical
+        return self._measure.typical
+
+    @property
+    def measure(self) -> CpuAwareFragmentation:
+        return self._measure
 
     def node_key(
         self, model: str, cpu_left: int, lefts_sorted: tuple[int, ...], cpu: int, milli: int, number: int
     ) -> tuple[int, float]:
         """Sort key of a feasible node (smaller is better); ``lefts_sorted``: free milli, ascending."""
-        score, values = self._fgd.fgd_choice(model, cpu_left, lefts_sorted, cpu, milli, number)
-        delta, _ = self._fill.delta(model, cpu_left, lefts_sorted, cpu, milli, number, values)
-        return (-score, round(delta, 6))
+        memo_key = (model, cpu_left, lefts_sorted, cpu, milli, number)
+        hit = self._keys.get(memo_key)
+        if hit is None:
+            d_frag, d_strand, _ = self._measure.delta(model, cpu_left, lefts_sorted, cpu, milli, number)
+            hit = (-sigmoid_score(-(d_frag + d_strand)), round(d_strand, 6))
+            if len(self._keys) >= _KEY_MEMO_LIMIT:
+                self._keys.clear()
+            self._keys[memo_key] = hit
+        return hit
 
     def gpu_values(
         self, model: str, cpu_left: int, lefts_sorted: tuple[int, ...], cpu: int, milli: int
     ) -> tuple[int, ...]:
-        """Free-milli values of the GPUs a sharing pod may take (use the lowest index holding one)."""
-        _, values = self._fgd.fgd_choice(model, cpu_left, lefts_sorted, cpu, milli, 1)
-        _, best = self._fill.delta(model, cpu_left, lefts_sorted, cpu, milli, 1, values)
-        return (min(best),) if best else values
+        """Free-milli value of the GPU a sharing pod takes (use the lowest index holding it)."""
+        _, _, values = self._measure.delta(model, cpu_left, lefts_sorted, cpu, milli, 1)
+        return (min(values),) if values else ()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -236,30 +236,49 @@ class Replay:
 
     # ------------------------------------------------------------ per-shape caches
 
+    def feasible_among(self, s: _Shape, candidates: Iterable[int]) -> list[int]:
+        """The candidates that pass :meth:`feasible`, in order (one pass per condition: this
+        runs over the whole cluster for every new pod shape)."""
+        npods, cpu_left, mem_left = self.npods, self.cpu_left, self.mem_left
+        cpu, mem = s.cpu, s.mem
+        ok = [
+            i
+            for i in candidates
+            if cpu_left[i] >= cpu and mem_left[i] >= mem and npods[i] < MAX_PODS_PER_NODE
+        ]
+        if s.milli <= 0:
+            return ok
+        if s.allowed is not None:
+            model, allowed = self.model, s.allowed
+            ok = [i for i in ok if model[i] in allowed]
+        if s.sharing:
+            max_usable, milli = self.max_usable, s.milli
+            return [i for i in ok if max_usable[i] >= milli]
+        free, number = self.free, s.number
+        return [i for i in ok if free[i] >= number]
+
     def _refresh(self, s: _Shape, cache: _ShapeCache | None) -> _ShapeCache:
         n = len(self.nodes)
-        version = self.version
+        version, rank, score = self.version, self.rank, self._score
         if cache is None or len(self.log) - cache.log_pos >= n:
             cache = _ShapeCache(n)
-            heap = cache.heap
-            for i in range(n):
-                if self.feasible(i, s):
-                    heap.append((self._score(i, s), self.rank[i], i, version[i]))
-                    cache.feasible.add(i)
-            heapq.heapify(heap)
+            feasible = self.feasible_among(s, range(n))
+            cache.heap = [(score(i, s), rank[i], i, version[i]) for i in feasible]
+            heapq.heapify(cache.heap)
+            cache.feasible = set(feasible)
             cache.seen = list(version)
         else:
             seen = cache.seen
             heap = cache.heap
-            for i in set(self.log[cache.log_pos :]):
-                if seen[i] == version[i]:
-                    continue
+            changed = [i for i in set(self.log[cache.log_pos :]) if seen[i] != version[i]]
+            ok = self.feasible_among(s, changed)
+            cache.feasible.difference_update(changed)
+            cache.feasible.update(ok)
+            for i in changed:
                 seen[i] = version[i]
-                if self.feasible(i, s):
-                    heapq.heappush(heap, (self._score(i, s), self.rank[i], i, version[i]))
-                    cache.feasible.add(i)
-                else:
-                    cache.feasible.discard(i)
+            push = heapq.heappush
+            for i in ok:
+                push(heap, (score(i, s), rank[i], i, version[i]))
             if len(heap) > 4 * n:
                 cache.heap = [e for e in heap if version[e[2]] == e[3]]
                 heapq.heapify(cache.heap)

@@ -20,9 +20,9 @@ def pod(
     return PodSpec(name=name, cpu_milli=cpu, memory_mib=mem, num_gpu=num, gpu_milli=milli, gpu_spec=spec)
 
 
-def replay(nodes: list[NodeSpec], policy: str, trace: list[PodSpec] | None = None, **kw: int) -> Replay:
+def replay(nodes: list[NodeSpec], policy: str, trace: list[PodSpec] | None = None, split: int = 10) -> Replay:
     # tune 0.01: the trace is deflated to nothing, the test offers its own pods one by one
-    rp = Replay(nodes, trace or [pod("t", 1000, 1, 1000)], policy, seed=1, tune=0.01, **kw)
+    rp = Replay(nodes, trace or [pod("t", 1000, 1, 1000)], policy, seed=1, tune=0.01, split=split)
     rp.rank = list(range(len(nodes)))
     return rp
 
@@ -138,3 +138,46 @@ def test_curve_buckets_by_rounded_arrived_percent() -> None:
     assert curve[3] == 0.6 and curve[4] == 0.6  # column 4 empty: columns 3..5 are used
     assert math.isnan(curve[130])
     assert numpy_mean([1.0] * 9 + [2.0]) == 1.1
+
+
+def test_cpu_stranding_decides_where_fgd_ties() -> None:
+    """Pinned: a CPU-only pod, then four whole-GPU pods of 8 cores on two 2-GPU nodes.
+
+    FGD scores both nodes 50 for the CPU-only pod (one more typical pod fits either way), so
+    the rank sends it to the CPU-lean node, whose 14 cores then feed only one of its two GPUs:
+    the fourth GPU pod fails. fragmentation-aware sees the lean node's GPU lose its CPU and
+    sends the CPU-only pod to the CPU-rich node: all four GPU pods fit.
+    """
+    trace = [pod(f"w{i}", 8000, 1, 1000) for i in range(4)]  # typical pods: (8 cores, 1 GPU)
+    nodes = [node("lean", 20000, 2), node("rich", 64000, 2)]  # rank: lean first
+    work = [pod("cpu-only", 6000)] + [pod(f"gpu{i}", 8000, 1, 1000) for i in range(4)]
+    fgd = replay(nodes, "fgd", trace)
+    assert [fgd.offer(p)[0] for p in work] == [0, 1, 1, 0, None]
+    ours = replay(nodes, "fragmentation-aware", trace)
+    assert [ours.offer(p)[0] for p in work] == [1, 0, 0, 1, 1]
+    assert ours.cpu_left == [4000, 42000] and ours.lefts == [[0, 0], [0, 0]]
+
+
+def test_fast_filter_agrees_with_the_readable_one() -> None:
+    nodes = [
+        node("small", 2000, 1),
+        node("v100", 64000, 4, "V100M16", mem=4096),
+        node("t4", 64000, 2),
+        node("cpu-only", 96000, 0),
+    ]
+    rp = replay(nodes, "fgd")
+    rp.offer(pod("half", 1000, 1, 500, spec=("T4",)))
+    rp.offer(pod("whole", 1000, 1, 1000, spec=("V100M16",)))
+    shapes = [
+        pod("cpu", 3000),
+        pod("mem", 1000, mem=8192),
+        pod("share", 1000, 1, 600),
+        pod("share-typed", 1000, 1, 400, spec=("T4",)),
+        pod("two", 1000, 2, 1000),
+        pod("four", 1000, 4, 1000, spec=("V100M16", "T4")),
+    ]
+    for p in shapes:
+        s = rp.shape_of(p)
+        readable = [i for i in range(len(nodes)) if rp.feasible(i, s)]
+        assert rp.feasible_among(s, range(len(nodes))) == readable, p.name
+        assert rp.feasible_among(s, [3, 2]) == [i for i in (3, 2) if rp.feasible(i, s)]

@@ -5,14 +5,16 @@ import math
 import pytest
 
 from hami.core.fragmentation import (
+    CpuAwareFragmentation,
     FragmentationModel,
-    PackingFragmentation,
     ShapeKey,
     ShapeWindow,
     TypicalPod,
     build_typical_pods,
+    cpu_per_gpu_milli,
     model_allowed,
     sigmoid_score,
+    stranded_gpu,
     whole_gpu_after,
 )
 from hami.core.packing import FragmentationAware
@@ -69,22 +71,49 @@ def test_fgd_choice_by_hand() -> None:
     assert whole_gpu_after((0, 500, 1000, 1000), 1000, 2) == (0, 0, 0, 500)
 
 
-def test_packing_fragmentation_by_hand() -> None:
-    fill = PackingFragmentation(TYPICAL)
-    # 2 idle GPUs, 12 cores: 3 copies of SHARE (CPU-bound), 1 of WHOLE (CPU-bound)
-    assert fill.fragmentation("T4", 12000, [1000, 1000]) == 2000 - (0.5 * 500 * 3 + 0.5 * 1000 * 1)
-    # plenty of CPU: everything usable
-    assert fill.fragmentation("T4", 100000, [1000, 1000]) == 0.0
-    # a CPU-only pod on a CPU-bound node strands GPU capacity, on a CPU-rich one it does not
-    tight, _ = fill.delta("T4", 16000, (1000, 1000), 4000, 0, 0)
-    rich, _ = fill.delta("T4", 100000, (1000, 1000), 4000, 0, 0)
-    assert tight > 0 and rich == 0.0
-    # sharing pod: filling the half-used GPU keeps the idle one for WHOLE (F 250 -> 0);
-    # splitting the idle one leaves two halves no WHOLE pod can use (F 250 -> 500)
-    delta, values = fill.delta("T4", 100000, (500, 1000), 1000, 500, 1)
-    assert (delta, values) == (-250.0, (500,))
-    # equal outcomes keep every value
-    assert fill.delta("T4", 100000, (500, 800), 1000, 500, 1)[1] == (500, 800)
+def test_least_change_is_the_exact_best_of_fgd() -> None:
+    model = FragmentationModel(TYPICAL)
+    # a 300-milli pod: on the 300 GPU F goes 300 -> 0, on the idle one 300 -> 650
+    assert model.least_change("T4", 10000, (300, 1000), 2000, 300, 1) == (-300.0, (300,))
+    # equal free values are tried once: F 500 (WHOLE fits nowhere) -> 100 + 350
+    assert model.least_change("T4", 10000, (500, 500), 1000, 300, 1) == (-50.0, (500,))
+    # whole-GPU and CPU-only pods have no GPU choice
+    assert model.least_change("T4", 10000, (1000, 1000), 1000, 1000, 1) == (0.0, ())
+    # a CPU-only pod that takes the CPU the whole-GPU shape needs makes both GPUs fragments
+    assert model.least_change("T4", 10000, (1000, 1000), 4000, 0, 0) == (0.5 * 2000, ())
+
+
+def test_cpu_stranding_by_hand() -> None:
+    # typical pods ask (0.5*4000 + 0.5*8000) CPU per (0.5*500 + 0.5*1000) GPU milli = 8
+    assert cpu_per_gpu_milli(TYPICAL) == 8.0
+    assert cpu_per_gpu_milli((TypicalPod(key=CPU, weight=1.0),)) == 0.0
+    assert stranded_gpu(2000, 12000, 8.0) == 500.0  # 12 cores feed 1500 of 2000 free milli
+    assert stranded_gpu(2000, 100000, 8.0) == 0.0 and stranded_gpu(2000, -5, 8.0) == 2000.0
+    assert stranded_gpu(2000, 0, 0.0) == 0.0  # no GPU shape known: nothing is stranded
+    measure = CpuAwareFragmentation(TYPICAL)
+    # both shapes fit one more pod, so FGD sees no fragment; 4 cores of 12 are short for 2 GPUs
+    assert measure.value("T4", 12000, [1000, 1000]) == 0.0 + 500.0
+    # a CPU-only pod on a CPU-lean node: F does not move (both shapes still fit), S grows by 250
+    assert measure.delta("T4", 20000, (1000, 1000), 6000, 0, 0) == (0.0, 250.0, ())
+    assert measure.delta("T4", 64000, (1000, 1000), 6000, 0, 0) == (0.0, 0.0, ())
+    # a sharing pod: the GPU choice is FGD's exact best
+    assert measure.delta("T4", 64000, (500, 1000), 1000, 500, 1) == (-250.0, 0.0, (500,))
+
+
+def test_fragmentation_aware_avoids_stranding_where_fgd_ties() -> None:
+    """A CPU-only pod: FGD scores a CPU-lean and a CPU-rich node alike (one more typical pod
+    still fits on both), ours sees the lean node's GPUs losing the CPU they need."""
+    typical = (TypicalPod(key=WHOLE, weight=1.0),)
+    fgd = FragmentationModel(typical)
+    lean = ("T4", 20000, (1000, 1000))
+    rich = ("T4", 64000, (1000, 1000))
+    assert fgd.fgd_choice(*lean, 6000, 0, 0) == fgd.fgd_choice(*rich, 6000, 0, 0) == (50, ())
+    policy = FragmentationAware(typical=typical)
+    # lean: 14 of 16 needed cores left -> 250 milli stranded -> int(100 sigmoid(-0.25)) = 43
+    assert policy.node_key(*lean, 6000, 0, 0) == (-43, 250.0)
+    assert policy.node_key(*rich, 6000, 0, 0) == (-50, 0.0)
+    assert policy.node_key(*rich, 6000, 0, 0) < policy.node_key(*lean, 6000, 0, 0)
+    assert policy.node_key(*lean, 6000, 0, 0) is policy.node_key(*lean, 6000, 0, 0)  # memoised
 
 
 def test_shape_window_slides_and_versions() -> None:
@@ -106,7 +135,7 @@ def test_shape_window_slides_and_versions() -> None:
 
 def test_fragmentation_aware_learns_from_its_window() -> None:
     policy = FragmentationAware(window=ShapeWindow(size=100))
-    assert policy.typical == ()
+    assert policy.measure.typical == ()  # nothing observed yet
     for _ in range(10):
         policy.observe(SHARE)
         policy.observe(WHOLE)
