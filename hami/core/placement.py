@@ -42,8 +42,10 @@ from hami.core.fit import (
     Reason,
     reason_text,
 )
+from hami.core.fragmentation import MILLI
 from hami.core.ids import NodeName
-from hami.core.model import MODE_MIG, ContainerDevice, ContainerDeviceRequest, PodDevices
+from hami.core.model import MODE_MIG, PERCENTAGE_UNSET, ContainerDevice, ContainerDeviceRequest, PodDevices
+from hami.core.packing import FragmentationAware
 from hami.core.pod_annotations import device_id_of
 from hami.core.policy import (
     DEFAULT_GPU_POLICY,
@@ -203,12 +205,16 @@ def schedule(
     default_gpu_policy: GpuPolicy = DEFAULT_GPU_POLICY,
     quota: QuotaCheck | None = None,
     evaluate_all: bool = False,
+    fragmentation: FragmentationAware | None = None,
 ) -> Decision | Unschedulable:
     """Pick one node of ``candidates`` and the devices for every container of ``request``.
 
     Policies come from the pod's annotations (``request.gpu_policy``/``node_policy``), else the
     defaults. ``quota`` is the namespace's ResourceQuota check (None: no quota). Raises
     InvalidRequest if the pod requests no device (HAMi passes such pods through unfiltered).
+
+    ``fragmentation`` ranks the fitting nodes under the ``fragmentation-aware`` node policy
+    (every candidate is then evaluated); without it that policy falls back to binpack.
     """
     if request.is_empty:
         raise InvalidRequest(f"pod {request.namespace}/{request.name} requests no device")
@@ -227,7 +233,8 @@ def schedule(
             if name not in nodes:
                 failures[name] = NodeFailure(node=name, reason=NODE_UNREGISTERED)
 
-    early_exit = not evaluate_all and not any(v.scores_nodes for v in plan.vendors_used)
+    frag = fragmentation if plan.node_policy is NodePolicy.FRAGMENTATION_AWARE else None
+    early_exit = frag is None and not evaluate_all and not any(v.scores_nodes for v in plan.vendors_used)
     quick: list[NodeSnapshot] = []
     for name in _visit_order(snapshot, wanted, plan.node_policy):
         node = nodes[name]
@@ -261,7 +268,13 @@ def schedule(
             failures[node.name] = NodeFailure(
                 node=node.name, reason=_UNFIT, note="cannot fit (bound); reasons not computed"
             )
-    if plan.node_policy is NodePolicy.SPREAD:
+    if frag is not None:
+        frag.refresh()
+        shape = pod_shape(request)
+        fits.sort(
+            key=lambda f: (*fragmentation_key(frag, free_milli(nodes[f.node]), *shape), -f.score, f.node)
+        )
+    elif plan.node_policy is NodePolicy.SPREAD:
         fits.sort(key=lambda f: (f.score, f.node))
     else:
         fits.sort(key=lambda f: (-f.score, f.node))
@@ -309,6 +322,63 @@ def evaluate_node(
     result = _evaluate(node, plan, bound=False, need_devices=True)
     assert result is not _QUICK
     return result
+
+
+# The extender never sees CPU (kube-scheduler filters it), so the fragmentation-aware policy scores
+# GPU only: every node has "plenty" of CPU left and pods ask none. CPU-stranded GPU, which the
+# replay's version of the policy also weighs, is therefore invisible here.
+UNKNOWN_CPU_LEFT: Final = 1 << 40
+
+
+def pod_shape(request: PodRequest) -> tuple[int, int]:
+    """(GPU milli per GPU, number of GPUs) of a pod for the fragmentation model.
+
+    milli is the core share (``coresreq`` x 10, as in the replay); without one, the memory
+    percentage; without either, a whole GPU. The GPU count sums every container's requests.
+    """
+    number = 0
+    milli = 0
+    for container in request.containers:
+        for req in container.devices.values():
+            if req.nums <= 0:
+                continue
+            number += req.nums
+            if req.coresreq > 0:
+                share = req.coresreq * 10
+            elif req.mem_percentage_req != PERCENTAGE_UNSET and req.mem_percentage_req > 0:
+                share = req.mem_percentage_req * 10
+            else:
+                share = MILLI
+            milli = max(milli, min(MILLI, share))
+    return milli, number
+
+
+def free_milli(node: NodeSnapshot) -> tuple[int, ...]:
+    """Free share of each healthy GPU of a node, x1000, ascending: the smaller of its free cores
+    and free memory fractions (0 once its task slots are full)."""
+    lefts: list[int] = []
+    for d in node.devices:
+        if not d.health or d.mode == MODE_MIG:
+            continue
+        if d.count and d.used >= d.count:
+            lefts.append(0)
+            continue
+        core = MILLI if d.totalcore <= 0 else (d.totalcore - d.usedcores) * MILLI // d.totalcore
+        mem = MILLI if d.totalmem <= 0 else (d.totalmem - d.usedmem) * MILLI // d.totalmem
+        lefts.append(max(0, min(MILLI, core, mem)))
+    lefts.sort()
+    return tuple(lefts)
+
+
+def fragmentation_key(
+    policy: FragmentationAware, lefts_sorted: tuple[int, ...], milli: int, number: int
+) -> tuple[int, float]:
+    """The policy's node key (smaller is better) for a node with these free shares. A node the
+    vendor's Fit accepted but whose shares look too small (its fit followed memory, not cores)
+    ranks last rather than feeding the model a placement it assumes impossible."""
+    if sum(1 for v in lefts_sorted if v >= milli) < number:
+        return (1 << 30, 0.0)
+    return policy.node_key("", UNKNOWN_CPU_LEFT, lefts_sorted, 0, milli, number)
 
 
 # ---------------------------------------------------------------------------------------- internals

@@ -34,6 +34,9 @@ class GpuPolicy(StrEnum):
 class NodePolicy(StrEnum):
     BINPACK = "binpack"
     SPREAD = "spread"
+    # Ours: among every fitting node, the one whose fragmentation (FGD plus CPU-stranded GPU,
+    # hami.core.packing.FragmentationAware) grows least for the recently seen pod shapes.
+    FRAGMENTATION_AWARE = "fragmentation-aware"
 
 
 DEFAULT_GPU_POLICY = GpuPolicy.SPREAD  # --gpu-scheduler-policy
@@ -52,10 +55,15 @@ def gpu_policy_of(value: str | None, default: GpuPolicy = DEFAULT_GPU_POLICY) ->
 
 
 def node_policy_of(value: str | None, default: NodePolicy = DEFAULT_NODE_POLICY) -> NodePolicy:
-    """The pod's ``hami.io/node-scheduler-policy``; anything but ``spread`` is binpack."""
+    """The pod's ``hami.io/node-scheduler-policy``; anything but ``spread`` or
+    ``fragmentation-aware`` is binpack."""
     if value is None:
         return default
-    return NodePolicy.SPREAD if value == NodePolicy.SPREAD else NodePolicy.BINPACK
+    if value == NodePolicy.SPREAD:
+        return NodePolicy.SPREAD
+    if value == NodePolicy.FRAGMENTATION_AWARE:
+        return NodePolicy.FRAGMENTATION_AWARE
+    return NodePolicy.BINPACK
 
 
 def sort_for_search(

@@ -27,8 +27,10 @@ from typing import Any
 from hami.core import keys
 from hami.core.deviceconfig import NvidiaConfig
 from hami.core.errors import InvalidRequest, LedgerError
+from hami.core.fragmentation import ShapeKey, ShapeWindow
 from hami.core.ids import NodeName
 from hami.core.model import PodDevices
+from hami.core.packing import FragmentationAware
 from hami.core.placement import (
     NODE_QUARANTINED,
     NODE_UNREGISTERED,
@@ -37,6 +39,7 @@ from hami.core.placement import (
     NodeFit,
     Unschedulable,
     evaluate_node,
+    pod_shape,
     schedule,
 )
 from hami.core.pod_annotations import encode_unix_time
@@ -77,6 +80,7 @@ class CycleSettings:
     node_policy: NodePolicy = NodePolicy.BINPACK
     gpu_policy: GpuPolicy = GpuPolicy.SPREAD
     exact_events_max_nodes: int = 64
+    shape_window: int = 2000  # recent pod shapes the fragmentation-aware policy learns from
     why_max_nodes: int = 256
 
 
@@ -116,6 +120,8 @@ class FilterCycle:
         self._requests: OrderedDict[tuple[str, str], PodRequest] = OrderedDict()
         self._decided: OrderedDict[str, float] = OrderedDict()  # uid -> monotonic time of our last decision
         self._scores: OrderedDict[tuple[str, int, tuple[str, ...]], list[tuple[str, int]]] = OrderedDict()
+        # Typical pod shapes for the fragmentation-aware node policy, learned from every pod filtered.
+        self.fragmentation = FragmentationAware(window=ShapeWindow(size=settings.shape_window))
 
     # ------------------------------------------------------------------ filter
 
@@ -176,6 +182,8 @@ class FilterCycle:
 
         self.state.begin_decision(request.uid)
         quota = self.state.quotas.check_for(request.namespace)
+        milli, number = pod_shape(request)
+        self.fragmentation.observe(ShapeKey(cpu_milli=0, gpu_milli=milli, gpu_number=number))
         snapshot = self.state.ledger.snapshot()
         result = schedule(
             snapshot,
@@ -186,6 +194,7 @@ class FilterCycle:
             default_gpu_policy=self.settings.gpu_policy,
             quota=quota,
             evaluate_all=len(candidates) <= self.settings.exact_events_max_nodes,
+            fragmentation=self.fragmentation,
         )
         if isinstance(result, Unschedulable):
             return self._unschedulable(ref, request, result, candidates, now)

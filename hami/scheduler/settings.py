@@ -78,7 +78,9 @@ class SchedulerSection:
         "", "schedulerName the webhook writes; source of emitted Events", flag="--scheduler-name"
     )
     node_scheduler_policy: str = setting(
-        NodePolicy.BINPACK.value, "default node policy: binpack or spread", flag="--node-scheduler-policy"
+        NodePolicy.BINPACK.value,
+        "default node policy: binpack, spread or fragmentation-aware",
+        flag="--node-scheduler-policy",
     )
     gpu_scheduler_policy: str = setting(
         GpuPolicy.SPREAD.value,
@@ -188,7 +190,8 @@ class SchedulerSection:
             )
         if self.node_scheduler_policy not in {p.value for p in NodePolicy}:
             raise InvalidSetting(
-                "node_scheduler_policy", f"must be binpack or spread, got {self.node_scheduler_policy!r}"
+                "node_scheduler_policy",
+                f"must be binpack, spread or fragmentation-aware, got {self.node_scheduler_policy!r}",
             )
         if self.gpu_scheduler_policy not in {p.value for p in GpuPolicy}:
             raise InvalidSetting(

@@ -185,3 +185,9 @@ async def test_event_sink_folds_and_bounds():
     await sink.flush(1.0)
     assert [m for (_, _, m) in env.api.events] == ["two", "three"]
     await drain_events(env)
+
+
+def test_node_policy_flag_accepts_fragmentation_aware():
+    assert parse(["--node-scheduler-policy", "fragmentation-aware"]).scheduler.node_scheduler_policy == (
+        "fragmentation-aware"
+    )
