@@ -26,6 +26,7 @@ from hami.core.mockgpu import (
     parse_mock_gpu_document,
     parse_mock_gpu_text,
 )
+from hami.runtime.nvmlinfo import normalize_bus_id, nvml_text, read_numa_node
 
 logger = logging.getLogger(__name__)
 
@@ -119,30 +120,6 @@ class MockGpuSource:
         return None
 
 
-def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace").rstrip("\x00")
-    return str(value).rstrip("\x00")
-
-
-def _bus_id(raw: object) -> str:
-    """NVML "00000000:3B:00.0" → sysfs "0000:3b:00.0"; "" when unparsable."""
-    parts = _text(raw).strip().lower().split(":")
-    if len(parts) != 3 or not parts[0]:
-        return ""
-    return f"{parts[0][-4:].rjust(4, '0')}:{parts[1]}:{parts[2]}"
-
-
-def _numa(sysfs_root: Path, bus_id: str) -> int | None:
-    if not bus_id:
-        return None
-    try:
-        value = int((sysfs_root / "bus" / "pci" / "devices" / bus_id / "numa_node").read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return value if value >= 0 else None
-
-
 class NvmlGpuSource:
     """GPUs through an NVML module object (``pynvml`` from nvidia-ml-py, or a test double)."""
 
@@ -174,7 +151,7 @@ class NvmlGpuSource:
                 nv.nvmlInit()
                 self._initialized = True
         try:
-            driver = _text(nv.nvmlSystemGetDriverVersion())
+            driver = nvml_text(nv.nvmlSystemGetDriverVersion())
         except nv.NVMLError:
             driver = ""
         gpus = [
@@ -185,7 +162,7 @@ class NvmlGpuSource:
 
     def _describe(self, handle: Any, position: int, driver: str) -> DraGpu:
         nv = self._nvml
-        uuid = _text(nv.nvmlDeviceGetUUID(handle))
+        uuid = nvml_text(nv.nvmlDeviceGetUUID(handle))
         try:
             index = int(nv.nvmlDeviceGetIndex(handle))
         except nv.NVMLError:
@@ -196,7 +173,7 @@ class NvmlGpuSource:
             logger.error("GPU %s: cannot read memory size: %s", uuid, e)
             memory = 0
         try:
-            bus_id = _bus_id(nv.nvmlDeviceGetPciInfo(handle).busId)
+            bus_id = normalize_bus_id(nv.nvmlDeviceGetPciInfo(handle).busId)
         except nv.NVMLError:
             bus_id = ""
         try:
@@ -211,10 +188,10 @@ class NvmlGpuSource:
         return DraGpu(
             uuid=uuid,
             index=index,
-            name=_text(nv.nvmlDeviceGetName(handle)),
+            name=nvml_text(nv.nvmlDeviceGetName(handle)),
             memory_bytes=memory,
             minor=minor,
-            numa_node=_numa(self._sysfs_root, bus_id),
+            numa_node=read_numa_node(self._sysfs_root, bus_id),
             compute_capability=capability,
             pci_bus_id=bus_id,
             driver_version=driver,

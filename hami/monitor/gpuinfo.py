@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hami.core.mockgpu import MockGpu, mock_gpu_uuid
+from hami.runtime.nvmlinfo import nvml_text
 
 logger = logging.getLogger(__name__)
 
@@ -103,10 +104,6 @@ def mock_gpus(
     )
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class NvmlGpuInfo:
     """NVML reader; initialises NVML on first use and shuts it down on ``close``.
 
@@ -144,8 +141,8 @@ class NvmlGpuInfo:
                 gpus.append(
                     HostGpu(
                         index=index,
-                        uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
-                        name=_text(nvml.nvmlDeviceGetName(handle)),
+                        uuid=nvml_text(nvml.nvmlDeviceGetUUID(handle)),
+                        name=nvml_text(nvml.nvmlDeviceGetName(handle)),
                         memory_used=int(memory.used),
                         memory_total=int(memory.total),
                         utilization=utilization,

@@ -25,6 +25,7 @@ from hami.deviceplugin.backend import (
     PhysicalGpu,
     Topology,
 )
+from hami.runtime.nvmlinfo import normalize_bus_id, nvml_text, read_numa_node
 
 logger = logging.getLogger(__name__)
 
@@ -35,32 +36,6 @@ _LEVEL_SCORES = {0: 60, 10: 50, 20: 40, 30: 30, 40: 20, 50: 10}
 _NVLINK_SCORE = 100
 # HAMi scores at most 18 links per pair (NVML_NVLINK_MAX_LINKS of its go-nvml version).
 _HAMI_MAX_NVLINKS = 18
-
-
-def _text(value: object) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace").rstrip("\x00")
-    return str(value).rstrip("\x00")
-
-
-def normalize_bus_id(raw: object) -> str:
-    """NVML bus id ("00000000:3B:00.0") -> sysfs form ("0000:3b:00.0"); "" if unparsable."""
-    text = _text(raw).strip().lower()
-    parts = text.split(":")
-    if len(parts) != 3 or not parts[0]:
-        return ""
-    return f"{parts[0][-4:].rjust(4, '0')}:{parts[1]}:{parts[2]}"
-
-
-def read_numa_node(sysfs_root: Path, bus_id: str) -> int | None:
-    """NUMA node of a PCI device from sysfs; None when the platform has none (-1) or it is unreadable."""
-    if not bus_id:
-        return None
-    try:
-        value = int((sysfs_root / "bus" / "pci" / "devices" / bus_id / "numa_node").read_text().strip())
-    except (OSError, ValueError):
-        return None
-    return value if value >= 0 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +99,7 @@ class NvmlBackend:
 
     def _describe(self, handle: Any, position: int) -> PhysicalGpu:
         nv = self._nvml
-        uuid = _text(nv.nvmlDeviceGetUUID(handle))
+        uuid = nvml_text(nv.nvmlDeviceGetUUID(handle))
         try:
             index = int(nv.nvmlDeviceGetIndex(handle))
         except nv.NVMLError:
@@ -157,7 +132,7 @@ class NvmlBackend:
         return PhysicalGpu(
             uuid=uuid,
             index=index,
-            name=_text(nv.nvmlDeviceGetName(handle)),
+            name=nvml_text(nv.nvmlDeviceGetName(handle)),
             memory_mib=memory_mib,
             pci_bus_id=bus_id,
             numa_node=read_numa_node(self._sysfs_root, bus_id),
@@ -296,7 +271,7 @@ class NvmlBackend:
                     logger.info("ignoring application XID %d", xid)
                     continue
                 try:
-                    uuid = _text(nv.nvmlDeviceGetUUID(data.device))
+                    uuid = nvml_text(nv.nvmlDeviceGetUUID(data.device))
                 except nv.NVMLError as e:
                     logger.error("XID %d on an unidentifiable GPU (%s): marking all unhealthy", xid, e)
                     now = self._clock()
