@@ -36,6 +36,7 @@ from hami.core.errors import DecodeError, HamiError
 from hami.core.model import ContainerDevices, PodSingleDevice
 from hami.core.node_lock import NodeLock, decode_node_lock
 from hami.core.pod_annotations import decode_pod_single_device, device_id_of, encode_pod_single_device
+from hami.k8s.errors import ApiServerError, ApiTransportError
 
 logger = logging.getLogger(__name__)
 
@@ -398,24 +399,53 @@ class KubeAllocationRecorder:
     """:class:`AllocationRecorder` over merge patches, as HAMi 2.8 writes them (node spec §4.6)."""
 
     def __init__(
-        self, pods: PodApi, nodes: NodeApi, *, lock_retries: int = 5, retry_delay_s: float = 0.1
+        self,
+        pods: PodApi,
+        nodes: NodeApi,
+        *,
+        lock_retries: int = 5,
+        write_retries: int = 3,
+        retry_delay_s: float = 0.1,
     ) -> None:
         self._pods = pods
         self._nodes = nodes
         self._lock_retries = lock_retries
+        self._write_retries = write_retries
         self._retry_delay_s = retry_delay_s
 
     async def consume(self, allocation: PendingAllocation) -> None:
         value = encode_pod_single_device(allocation.remaining)
         patch = {"metadata": {"annotations": {keys.VGPU_DEVICES_TO_ALLOCATE: value}}}
-        await self._pods.patch_pod(allocation.namespace, allocation.name, patch)
+        await self._patch_pod_settled(allocation.namespace, allocation.name, patch)
+
+    async def _patch_pod_settled(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        """A pod merge patch retried after a server error or a lost connection.
+
+        The generic client retries writes only when the server surely did not run them; these two
+        can be repeated safely: each sets a fixed value of a key that, while kubelet allocates
+        the pod (it serialises a pod's Allocate calls), only this plugin writes. Failing instead
+        would make kubelet reject the pod for good over a transient 500 (HAMi 2.8 does).
+        """
+        for attempt in range(self._write_retries + 1):
+            try:
+                await self._pods.patch_pod(namespace, name, patch)
+                return
+            except (ApiServerError, ApiTransportError) as e:
+                if attempt >= self._write_retries:
+                    raise
+                delay = self._retry_delay_s * 2**attempt
+                logger.warning(
+                    "pod %s/%s: patch failed (%s); retry #%d/%d in %.2fs",
+                    namespace, name, e, attempt + 1, self._write_retries, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
 
     async def finish(self, pod: RawObject, node: str, *, success: bool) -> None:
         meta = _meta(pod)
         namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
         phase = keys.BIND_PHASE_SUCCESS if success else keys.BIND_PHASE_FAILED
         try:
-            await self._pods.patch_pod(
+            await self._patch_pod_settled(
                 namespace, name, {"metadata": {"annotations": {keys.BIND_PHASE: phase}}}
             )
         except Exception as e:  # still release the lock (HAMi 2.8 would keep it until expiry)

@@ -33,10 +33,10 @@ from hami.core.admission import (
     DEFAULT_SCHEDULER,
     MSG_NODE_ASSIGNED,
     AdmissionDecision,
-    ClusterCapacity,
     PodAdmitter,
     screen_request,
 )
+from hami.core.cluster_capacity import ClusterCapacity
 from hami.core.deviceconfig import NvidiaConfig
 from hami.core.dra_translate import (
     DRA_LABEL,

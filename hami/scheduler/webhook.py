@@ -41,13 +41,8 @@ from typing import Final
 import orjson
 from aiohttp import web
 
-from hami.core.admission import (
-    AdmissionDecision,
-    ClusterCapacity,
-    Outcome,
-    PodAdmitter,
-    capacity_of,
-)
+from hami.core.admission import AdmissionDecision, Outcome, PodAdmitter
+from hami.core.cluster_capacity import ClusterCapacity, capacity_of
 from hami.core.errors import HamiError
 from hami.core.snapshot import ClusterSnapshot
 

@@ -26,17 +26,15 @@ the node uses them) once the pod is finished or deleted, before a graceful delet
 What Allocate answered is recorded per pod, in memory (:meth:`FakeKubelet.record`) and as JSON in
 ``<state_dir>/pods/<namespace>_<name>_<uid>.json``; :meth:`FakeKubelet.pod_resources` is a
 PodResources-``List``-like view of the device IDs and DRA claims each container holds (also
-written to ``<state_dir>/pod-resources.json``).
+written to ``<state_dir>/pod-resources.json``); see :mod:`hami.simulator.podrecords`. The status
+bodies written for the node and its pods are built by :mod:`hami.simulator.kubeletstatus`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -51,7 +49,15 @@ from hami.simulator.devicemanager import (
     DeviceManagerSettings,
 )
 from hami.simulator.dra_controller import DraPrepareError
-from hami.simulator.dra_kubelet import CdiResolveError, DraContainerDevices, KubeletClaims, uses_claims
+from hami.simulator.dra_kubelet import CdiResolveError, KubeletClaims, uses_claims
+from hami.simulator.kubeletstatus import (
+    node_conditions,
+    node_info,
+    running_status,
+    terminated_status,
+    waiting_status,
+)
+from hami.simulator.podrecords import PodRecord, pod_resources_listing, write_pod_resources, write_record
 from hami.simulator.restclient import (
     STRATEGIC_PATCH,
     ApiError,
@@ -67,12 +73,10 @@ logger = logging.getLogger(__name__)
 JsonObj = dict[str, Any]
 RUN_SECONDS_ANNOTATION: Final = "hami.io/sim-run-seconds"
 """Pod annotation: seconds after which the fake kubelet marks the running pod ``Succeeded``."""
-KUBELET_VERSION: Final = "v1.35.0-hami-sim"
 REASON_ADMISSION: Final = "UnexpectedAdmissionError"
 REASON_DRA_PREPARE: Final = "FailedPrepareDynamicResources"
 """Record reason while a pod's claims cannot be prepared (kubelet's event reason)."""
 REASON_CDI: Final = "CreateContainerError"
-_TERMINAL: Final = frozenset({"Succeeded", "Failed"})
 
 
 def _now(skew_s: float = 0.0) -> str:
@@ -98,56 +102,6 @@ class KubeletSettings:
     """First delay before retrying a failed prepare (doubling up to ``dra_retry_max``, which is
     also the period of unprepare retries)."""
     dra_retry_max: float = 5.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PodRecord:
-    """What the kubelet did with one pod: its device allocations and the outcome of admission."""
-
-    namespace: str
-    name: str
-    uid: str
-    node: str
-    phase: str
-    allocations: tuple[ContainerAllocation, ...] = ()
-    dra: tuple[DraContainerDevices, ...] = ()
-    claims: tuple[str, ...] = ()
-    """The ResourceClaims prepared for the pod."""
-    reason: str = ""
-    message: str = ""
-
-    def envs(self, container: str) -> dict[str, str]:
-        """Env of one container as the runtime would see it (Allocate answers, then CDI edits)."""
-        merged: dict[str, str] = {}
-        for allocation in self.allocations:
-            if allocation.container == container:
-                merged.update(allocation.envs)
-        for devices in self.dra:
-            if devices.container == container:
-                merged.update(devices.edits.env)
-        return merged
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "namespace": self.namespace,
-            "name": self.name,
-            "uid": self.uid,
-            "node": self.node,
-            "phase": self.phase,
-            "reason": self.reason,
-            "message": self.message,
-            "allocations": [a.to_json() for a in self.allocations],
-            "dynamicResources": [d.to_json() for d in self.dra],
-            "claims": list(self.claims),
-        }
-
-
-def _container_id(uid: str, name: str) -> str:
-    return "containerd://" + hashlib.sha256(f"{uid}/{name}".encode()).hexdigest()
-
-
-def _image_id(image: str) -> str:
-    return f"{image.split(':')[0]}@sha256:{hashlib.sha256(image.encode()).hexdigest()}"
 
 
 def _device_count(value: object) -> int:
@@ -214,29 +168,7 @@ class FakeKubelet:
     # ---- node ---------------------------------------------------------------------------------
 
     def _node_conditions(self) -> list[JsonObj]:
-        now = _now(self.clock_skew_s)
-        rows = [
-            (
-                "MemoryPressure",
-                "False",
-                "KubeletHasSufficientMemory",
-                "kubelet has sufficient memory available",
-            ),
-            ("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-            ("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
-            ("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
-        ]
-        return [
-            {
-                "type": t,
-                "status": s,
-                "reason": r,
-                "message": m,
-                "lastHeartbeatTime": now,
-                "lastTransitionTime": self._ready_since,
-            }
-            for t, s, r, m in rows
-        ]
+        return node_conditions(now=_now(self.clock_skew_s), ready_since=self._ready_since)
 
     def _device_status(self) -> tuple[JsonObj, JsonObj]:
         self.devices.expire_stopped()
@@ -261,20 +193,7 @@ class FakeKubelet:
                 {"type": "Hostname", "address": self.name},
             ],
             daemonEndpoints={"kubeletEndpoint": {"Port": 10250}},
-            nodeInfo={
-                "machineID": hashlib.md5(self.name.encode(), usedforsecurity=False).hexdigest(),
-                "systemUUID": hashlib.md5(f"uuid/{self.name}".encode(), usedforsecurity=False).hexdigest(),
-                "bootID": hashlib.md5(
-                    f"boot/{self.name}/{os.getpid()}".encode(), usedforsecurity=False
-                ).hexdigest(),
-                "kernelVersion": "6.1.0-hami-sim",
-                "osImage": "HAMi simulated node",
-                "containerRuntimeVersion": "containerd://2.0.0-hami-sim",
-                "kubeletVersion": KUBELET_VERSION,
-                "kubeProxyVersion": "",
-                "operatingSystem": "linux",
-                "architecture": "amd64",
-            },
+            nodeInfo=node_info(self.name),
         )
         body = {**self._template, "apiVersion": "v1", "kind": "Node", "status": status}
         try:
@@ -433,7 +352,7 @@ class FakeKubelet:
                 record, allocations=tuple(allocations), reason="RunContainerError", message=str(exc)
             )
             self._store_record(record)
-            await self._patch_status(pod, self._waiting_status(pod, "RunContainerError", str(exc)))
+            await self._patch_status(pod, waiting_status(pod, "RunContainerError", str(exc)))
             return
         await self._start(pod, replace(record, allocations=tuple(allocations)), tg)
 
@@ -478,7 +397,7 @@ class FakeKubelet:
         if (record.reason, record.message) != (reason, message):
             record = replace(record, reason=reason, message=message)
             self._store_record(record)
-            await self._patch_status(pod, self._waiting_status(pod, "ContainerCreating", message))
+            await self._patch_status(pod, waiting_status(pod, "ContainerCreating", message))
         if uid in self._handled and uid not in self._finalizing:
             self._timers[uid] = tg.create_task(
                 self._retry_start(pod, record, delay, tg), name=f"kubelet {self.name}: prepare {uid}"
@@ -500,113 +419,10 @@ class FakeKubelet:
             return
         await self._start(current, record, tg)
 
-    def _waiting_status(self, pod: JsonObj, reason: str, message: str) -> JsonObj:
-        statuses = [
-            {
-                "name": c.get("name"),
-                "image": c.get("image", ""),
-                "imageID": "",
-                "ready": False,
-                "started": False,
-                "restartCount": 0,
-                "state": {"waiting": {"reason": reason, "message": message}},
-            }
-            for c in _spec(pod).get("containers") or []
-        ]
-        return {"phase": "Pending", "containerStatuses": statuses}
-
     def _running_status(self, pod: JsonObj) -> JsonObj:
         now = _now(self.clock_skew_s)
-        uid = str(_meta(pod).get("uid", ""))
-        spec = _spec(pod)
-        pod_ip = self.node_ip if spec.get("hostNetwork") else self._pod_ip()
-        conditions = [
-            {"type": t, "status": "True", "lastProbeTime": None, "lastTransitionTime": now}
-            for t in ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady")
-        ]
-        init_statuses = [
-            {
-                "name": c.get("name"),
-                "image": c.get("image", ""),
-                "imageID": _image_id(str(c.get("image", ""))),
-                "containerID": _container_id(uid, str(c.get("name"))),
-                "ready": True,
-                "started": False,
-                "restartCount": 0,
-                "state": {
-                    "terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}
-                },
-            }
-            for c in spec.get("initContainers") or []
-        ]
-        statuses = [
-            {
-                "name": c.get("name"),
-                "image": c.get("image", ""),
-                "imageID": _image_id(str(c.get("image", ""))),
-                "containerID": _container_id(uid, str(c.get("name"))),
-                "ready": True,
-                "started": True,
-                "restartCount": 0,
-                "state": {"running": {"startedAt": now}},
-                "lastState": {},
-            }
-            for c in spec.get("containers") or []
-        ]
-        status: JsonObj = {
-            "phase": "Running",
-            "conditions": conditions,
-            "hostIP": self.node_ip,
-            "hostIPs": [{"ip": self.node_ip}],
-            "podIP": pod_ip,
-            "podIPs": [{"ip": pod_ip}],
-            "startTime": now,
-            "containerStatuses": statuses,
-        }
-        if init_statuses:
-            status["initContainerStatuses"] = init_statuses
-        return status
-
-    def _terminated_status(self, pod: JsonObj, *, exit_code: int) -> JsonObj:
-        now = _now(self.clock_skew_s)
-        uid = str(_meta(pod).get("uid", ""))
-        started = (pod.get("status") or {}).get("startTime") or now
-        statuses = [
-            {
-                "name": c.get("name"),
-                "image": c.get("image", ""),
-                "imageID": _image_id(str(c.get("image", ""))),
-                "containerID": _container_id(uid, str(c.get("name"))),
-                "ready": False,
-                "started": False,
-                "restartCount": 0,
-                "state": {
-                    "terminated": {
-                        "exitCode": exit_code,
-                        "reason": "Completed" if exit_code == 0 else "Error",
-                        "startedAt": started,
-                        "finishedAt": now,
-                        "containerID": _container_id(uid, str(c.get("name"))),
-                    }
-                },
-            }
-            for c in _spec(pod).get("containers") or []
-        ]
-        conditions = [
-            {
-                "type": t,
-                "status": "False",
-                "reason": "PodCompleted",
-                "lastProbeTime": None,
-                "lastTransitionTime": now,
-            }
-            for t in ("Ready", "ContainersReady")
-        ]
-        return {
-            "phase": "Succeeded" if exit_code == 0 else "Failed",
-            "conditions": conditions,
-            "containerStatuses": statuses,
-        }
+        pod_ip = self.node_ip if _spec(pod).get("hostNetwork") else self._pod_ip()
+        return running_status(pod, now=now, host_ip=self.node_ip, pod_ip=pod_ip)
 
     async def _patch_status(self, pod: JsonObj, status: JsonObj) -> None:
         meta = _meta(pod)
@@ -630,7 +446,9 @@ class FakeKubelet:
             or _meta(current).get("deletionTimestamp")
         ):
             return
-        await self._patch_status(current, self._terminated_status(current, exit_code=0))
+        await self._patch_status(
+            current, terminated_status(current, now=_now(self.clock_skew_s), exit_code=0)
+        )
         self.devices.release(uid)
         self._update_record(uid, phase="Succeeded")
         await self.dra.unprepare(uid)
@@ -643,7 +461,7 @@ class FakeKubelet:
             timer.cancel()
         phase = (pod.get("status") or {}).get("phase", "Pending")
         if phase == "Running":
-            await self._patch_status(pod, self._terminated_status(pod, exit_code=0))
+            await self._patch_status(pod, terminated_status(pod, now=_now(self.clock_skew_s), exit_code=0))
             self._update_record(uid, phase="Succeeded")
         self.devices.release(uid)
         await self.dra.unprepare(uid)  # before the pod object goes, as kubelet does
@@ -660,12 +478,7 @@ class FakeKubelet:
 
     def _store_record(self, record: PodRecord) -> None:
         self.records[record.uid] = record
-        directory = self.state_dir / "pods"
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{record.namespace}_{record.name}_{record.uid}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record.to_json(), indent=1, sort_keys=True))
-        tmp.replace(path)
+        write_record(self.state_dir, record)
         self._write_pod_resources()
 
     def _update_record(self, uid: str, *, phase: str) -> None:
@@ -680,35 +493,12 @@ class FakeKubelet:
 
     def pod_resources(self) -> list[dict[str, Any]]:
         """PodResources ``List``-like: running pods on this node and the device IDs per container."""
-        listing: list[dict[str, Any]] = []
-        for record in self.records.values():
-            if record.phase in _TERMINAL or record.uid not in self._handled:  # finished or gone
-                continue
-            held = self.devices.assigned(record.uid)
-            containers = [
-                {
-                    "name": container,
-                    "devices": [
-                        {"resourceName": r, "deviceIds": list(ids)} for r, ids in sorted(resources.items())
-                    ],
-                }
-                for container, resources in held.items()
-            ]
-            for dra in record.dra:
-                entry = next((c for c in containers if c["name"] == dra.container), None)
-                if entry is None:
-                    entry = {"name": dra.container, "devices": []}
-                    containers.append(entry)
-                entry["dynamicResources"] = dra.pod_resources(record.namespace)
-            listing.append({"name": record.name, "namespace": record.namespace, "containers": containers})
-        return listing
+        return pod_resources_listing(
+            self.records.values(), live=self._handled, assigned=self.devices.assigned
+        )
 
     def _write_pod_resources(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        path = self.state_dir / "pod-resources.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"podResources": self.pod_resources()}, indent=1))
-        tmp.replace(path)
+        write_pod_resources(self.state_dir, self.pod_resources())
 
     # ---- lifecycle ----------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ scheduling cycle at a time (kube-scheduler's cycle is serial):
    by the interested extender with a ``bindVerb``, else by ``POST pods/binding``.
 
 Pods with ``spec.resourceClaims`` also go through the DynamicResources plugin
-(:class:`~hami.simulator.dra_allocator.DraScheduling`): after the in-tree filters each node must
+(:class:`~hami.simulator.dra_scheduling.DraScheduling`): after the in-tree filters each node must
 be able to allocate the pod's claims from its ResourceSlices; the chosen node's allocations are
 reserved with the assumption, written (allocation, ``reservedFor``) before binding, and
 unreserved when binding fails. ResourceSlice, ResourceClaim and DeviceClass changes, and a pod's
@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from hami.simulator.dra_allocator import DraBindError, DraScheduling, Unallocatable
+from hami.simulator.dra_allocator import Unallocatable
+from hami.simulator.dra_scheduling import DraBindError, DraScheduling
 from hami.simulator.extenderclient import MAX_EXTENDER_PRIORITY, MAX_NODE_SCORE, ExtenderError, HttpExtender
 from hami.simulator.kubefilters import fit_error_message, fit_reasons, is_active, least_allocated_score
 from hami.simulator.restclient import STRATEGIC_PATCH, ApiError, Informer, InformerEvent, RestClient, pod_path

@@ -17,11 +17,11 @@ from aiohttp import web
 
 from hami.simulator import protowire
 from hami.simulator.conversions import from_view
+from hami.simulator.history import parse_resource_version
 from hami.simulator.patching import media_type
 from hami.simulator.resources import PODS, REGISTRY, ResourceType
 from hami.simulator.selectors import FieldSelector, LabelSelector
 from hami.simulator.statuses import StatusError, bad_request, field_error, invalid
-from hami.simulator.store import parse_resource_version
 
 NOT_FOUND_MSG = "the server could not find the requested resource"
 

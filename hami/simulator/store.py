@@ -3,7 +3,9 @@
 One global, monotonically increasing resourceVersion shared by every kind; a bounded history of
 change events (a watch or paginated list older than it gets 410 ``Expired``); 409 on resourceVersion
 and UID preconditions; finalizers and graceful deletion; ``generateName``; the status subresource
-split; pod defaults and ``pods/binding``.
+split; pod defaults and ``pods/binding``. The history and continue tokens are
+:mod:`hami.simulator.history`; the metadata rules of writes (server-owned fields, preconditions,
+no-op detection) are :mod:`hami.simulator.objectmeta`.
 
 Every method is synchronous, so each write is atomic on the event loop. Stored objects are never
 mutated after they are stored (writes store new dicts), so readers may keep references; callers must
@@ -13,26 +15,32 @@ not mutate what they get back.
 from __future__ import annotations
 
 import asyncio
-import base64
 import bisect
 import collections
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from hami.simulator import strategies
+from hami.simulator.history import ChangeHistory, decode_continue, encode_continue, parse_resource_version
+from hami.simulator.objectmeta import (
+    SERVER_SET_ON_CREATE,
+    carry_over,
+    check_delete_preconditions,
+    check_update_path,
+    same_object,
+)
 from hami.simulator.resources import NAMESPACES, REGISTRY, ResourceType
 from hami.simulator.selectors import FieldSelector, LabelSelector
 from hami.simulator.statuses import (
     StatusError,
     already_exists,
     bad_request,
-    conflict,
     expired,
     field_error,
     generate_name_exhausted,
@@ -53,29 +61,11 @@ GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 MAX_GENERATED_PREFIX = 58
 GENERATE_ATTEMPTS = 8
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
-CONTINUE_TOO_OLD = (
-    "The provided continue parameter is too old to display a consistent list result. You can start a new "
-    "list without the continue parameter, or use the continue token in this response to retrieve the "
-    "remainder of the results. Continuing with the provided token results in an inconsistent list - objects "
-    "that were created, modified, or deleted between the time the first chunk was returned and now may show "
-    "up in the list."
-)
 
 
 def clone(obj: Any) -> Any:
     """A deep copy of a JSON value (orjson round trip: faster than copy.deepcopy)."""
     return orjson.loads(orjson.dumps(obj))
-
-
-def parse_resource_version(text: str) -> int:
-    """A client-sent resourceVersion as a number (400 BadRequest when it is not one)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise bad_request(f"invalid resource version: {text!r}") from None
-    if value < 0:
-        raise bad_request(f"invalid resource version: {text!r}")
-    return value
 
 
 def _sort_key(key: Key) -> str:
@@ -107,8 +97,7 @@ class Store:
         self._tables: dict[str, dict[Key, JsonObj]] = collections.defaultdict(dict)
         self._sorted: dict[str, _Names | None] = {}
         self._sorted_keys: dict[str, _Keys] = {}
-        self._history: collections.deque[StoreEvent] = collections.deque(maxlen=max(1, history_size))
-        self._compacted_rv = 0
+        self._history = ChangeHistory(history_size)
         self._watchers: dict[str, set[Watcher]] = collections.defaultdict(set)
         if create_default_namespaces:
             for ns in DEFAULT_NAMESPACES:
@@ -122,7 +111,7 @@ class Store:
     @property
     def oldest_retained_rv(self) -> int:
         """Watches and continue tokens from an RV below this are answered with 410."""
-        return self._compacted_rv
+        return self._history.compacted_rv
 
     def now(self) -> float:
         return self._clock()
@@ -160,7 +149,7 @@ class Store:
         if continue_token:
             if resource_version not in ("", "0"):
                 raise bad_request("specifying resource version is not allowed when using continue")
-            at_rv, start = self._decode_continue(continue_token)
+            at_rv, start = decode_continue(continue_token)
         elif resource_version_match == "Exact" or (resource_version not in ("", "0") and limit > 0):
             at_rv = parse_resource_version(resource_version)
             if at_rv > self._rv:
@@ -189,7 +178,7 @@ class Store:
         if limit and last is not None and scanned < len(keys):
             rest = [k for k in keys[scanned:] if namespace is None or k[0] == namespace]
             if rest:
-                token = self._encode_continue(at_rv, _sort_key(last) + "\x00")
+                token = encode_continue(at_rv, _sort_key(last) + "\x00")
                 if not selective:
                     remaining = len(rest)
         return ListResult(items=items, resource_version=at_rv, continue_token=token, remaining=remaining)
@@ -220,15 +209,7 @@ class Store:
                 )
         else:
             meta.pop("namespace", None)
-        for key in (
-            "uid",
-            "creationTimestamp",
-            "deletionTimestamp",
-            "deletionGracePeriodSeconds",
-            "resourceVersion",
-            "generation",
-            "selfLink",
-        ):
+        for key in SERVER_SET_ON_CREATE:
             meta.pop(key, None)
         strategies.decode_defaults(rt, obj)
         return obj
@@ -292,65 +273,17 @@ class Store:
         """PUT semantics up to admission: ``(old, new)``; ``old`` is None when the PUT creates."""
         new: JsonObj = clone(strategies.check_shape(rt, body))
         meta = new["metadata"]
-        body_name = meta.get("name") or ""
-        if body_name and body_name != name:
-            raise bad_request(
-                f"the name of the object ({body_name}) does not match the name on the URL ({name})"
-            )
-        meta["name"] = name
-        if rt.namespaced:
-            body_ns = meta.get("namespace") or ""
-            if body_ns and body_ns != namespace:
-                raise bad_request(
-                    f"the namespace of the object ({body_ns}) does not match the namespace on the request "
-                    f"({namespace})"
-                )
-            meta["namespace"] = namespace
-        else:
-            meta.pop("namespace", None)
+        check_update_path(rt, meta, name, namespace)
         old = self.try_get(rt, namespace, name)
         if old is None:
             if rt.create_on_update and subresource is None:
                 return None, self.prepare_create(rt, self.admit_create_input(rt, namespace, new))
             raise not_found(rt, name)
-        body_rv = str(meta.get("resourceVersion") or "")
-        if not body_rv:
-            if not rt.unconditional_update:
-                raise invalid(
-                    rt,
-                    name,
-                    [
-                        field_error(
-                            "Invalid", "metadata.resourceVersion", "0: must be specified for an update"
-                        )
-                    ],
-                    details_kind=rt.plural,
-                    kind=rt.plural,
-                )
-        elif body_rv != old["metadata"]["resourceVersion"]:
-            parse_resource_version(body_rv)
-            raise modified_conflict(rt, name)
-        old_meta = old["metadata"]
-        if meta.get("uid") and meta["uid"] != old_meta["uid"]:
-            raise invalid(
-                rt, name, [field_error("Invalid", "metadata.uid", f'"{meta["uid"]}": field is immutable')]
-            )
-        for key in (
-            "uid",
-            "creationTimestamp",
-            "deletionTimestamp",
-            "deletionGracePeriodSeconds",
-            "generation",
-        ):
-            if key in old_meta:
-                meta[key] = old_meta[key]
-            else:
-                meta.pop(key, None)
-        meta["resourceVersion"] = old_meta["resourceVersion"]
+        carry_over(rt, name, old, new)
         strategies.decode_defaults(rt, new)
         strategies.apply_status_split(rt, old, new, subresource)
         if rt.tracks_generation and strategies.spec_changed(old, new):
-            meta["generation"] = int(old_meta.get("generation") or 0) + 1
+            meta["generation"] = int(old["metadata"].get("generation") or 0) + 1
         strategies.raise_invalid_if(rt, name, strategies.validate_update(rt, old, new))
         return old, new
 
@@ -365,7 +298,7 @@ class Store:
             raise not_found(rt, meta["name"])
         if current is not old:
             raise modified_conflict(rt, meta["name"])
-        if _same_object(old, new):
+        if same_object(old, new):
             return old
         if (
             meta.get("deletionTimestamp")
@@ -416,26 +349,7 @@ class Store:
             raise not_found(rt, name)
         old_meta = old["metadata"]
         if preconditions:
-            want_uid = preconditions.get("uid")
-            if want_uid and want_uid != old_meta["uid"]:
-                raise conflict(
-                    rt,
-                    name,
-                    f"the UID in the precondition ({want_uid}) does not match the UID in record "
-                    f"({old_meta['uid']}). "
-                    "The object might have been deleted and then recreated",
-                    qualified=rt.kind,
-                )
-            want_rv = preconditions.get("resourceVersion")
-            if want_rv and want_rv != old_meta["resourceVersion"]:
-                raise conflict(
-                    rt,
-                    name,
-                    f"the ResourceVersion in the precondition ({want_rv}) does not match the "
-                    "ResourceVersion in "
-                    f"record ({old_meta['resourceVersion']}). The object might have been modified",
-                    qualified=rt.kind,
-                )
+            check_delete_preconditions(rt, name, old_meta, preconditions)
         grace = strategies.deletion_grace_period(rt, old, grace_period)
         finalizers = old_meta.get("finalizers") or []
         if rt.store_key == "namespaces":
@@ -519,9 +433,10 @@ class Store:
                     watcher.items.append(WatchItem("ADDED", obj))
         else:
             since = parse_resource_version(resource_version)
-            if since < self._compacted_rv:
-                raise expired(f"too old resource version: {since} ({self._compacted_rv + 1})")
-            for event in self._events_after(since):
+            compacted = self._history.compacted_rv
+            if since < compacted:
+                raise expired(f"too old resource version: {since} ({compacted + 1})")
+            for event in self._history.events_after(since):
                 if event.store_key == rt.store_key:
                     watcher.offer(event, WatchItem(event.type, event.obj))
         if watcher.items:
@@ -556,10 +471,7 @@ class Store:
 
     def compact(self, keep: int = 0) -> None:
         """Drop all but the newest ``keep`` history events (tests use it to force 410 Expired)."""
-        while len(self._history) > keep:
-            self._compacted_rv = self._history.popleft().rv
-        if not self._history:
-            self._compacted_rv = self._rv
+        self._history.compact(keep, self._rv)
 
     # ---------------------------------------------------------------- internals
     def _key(self, rt: ResourceType, namespace: str | None, name: str) -> Key:
@@ -601,8 +513,6 @@ class Store:
         return final
 
     def _record(self, event: StoreEvent) -> None:
-        if len(self._history) == self._history.maxlen:
-            self._compacted_rv = self._history[0].rv
         self._history.append(event)
         watchers = self._watchers.get(event.store_key)
         if watchers:
@@ -610,55 +520,12 @@ class Store:
             for watcher in list(watchers):
                 watcher.offer(event, shared)
 
-    def _events_after(self, rv: int) -> Iterator[StoreEvent]:
-        history = self._history
-        if not history or history[-1].rv <= rv:
-            return iter(())
-        start = bisect.bisect_right(history, rv, key=lambda event: event.rv)
-        return (history[i] for i in range(start, len(history)))
-
     def _state_at(self, rt: ResourceType, rv: int) -> tuple[dict[Key, JsonObj], _Keys]:
         """The objects of ``rt`` as of ``rv`` (rolled back through the history), with sorted keys."""
         table = self._tables[rt.store_key]
         if rv >= self._rv:
             return table, self._ordered_keys(rt.store_key)
-        if rv < self._compacted_rv:
-            raise expired(CONTINUE_TOO_OLD)
-        later = [e for e in self._events_after(rv) if e.store_key == rt.store_key]
-        if not later:
+        state = self._history.rolled_back(rt.store_key, table, rv)
+        if state is None:
             return table, self._ordered_keys(rt.store_key)
-        state = dict(table)
-        for event in reversed(later):
-            if event.type == "ADDED":
-                state.pop(event.key, None)
-            elif event.old is not None:
-                state[event.key] = event.old
         return state, sorted(state, key=_sort_key)
-
-    @staticmethod
-    def _encode_continue(rv: int, start: str) -> str:
-        raw = orjson.dumps({"v": "meta.k8s.io/v1", "rv": rv, "start": start})
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-    @staticmethod
-    def _decode_continue(token: str) -> tuple[int, str]:
-        try:
-            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-            data = orjson.loads(raw)
-            return int(data["rv"]), str(data["start"])
-        except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
-            raise bad_request(f"continue key is not valid: {token!r}") from None
-
-
-def _same_object(old: JsonObj, new: JsonObj) -> bool:
-    if old.keys() != new.keys():
-        return False
-    for key in old:
-        if key == "metadata":
-            a = {k: v for k, v in old["metadata"].items() if k not in ("resourceVersion", "managedFields")}
-            b = {k: v for k, v in new["metadata"].items() if k not in ("resourceVersion", "managedFields")}
-            if a != b:
-                return False
-        elif old[key] != new[key]:
-            return False
-    return True

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid as uuidlib
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -19,6 +21,7 @@ from hami.deviceplugin.podlookup import (
     PodLookupError,
     names_gpus_of,
 )
+from hami.k8s.errors import ApiInvalid, ApiServerError
 
 NODE = "gpu-node-1"
 A, B, C = "GPU-aaaa", "GPU-bbbb", "GPU-cccc"
@@ -176,3 +179,44 @@ async def test_recorder_releases_lock_even_if_pod_vanished() -> None:
     k.delete_pod("default", "demo")
     await KubeAllocationRecorder(k, k).finish(pod, NODE, success=False)
     assert "hami.io/mutex.lock" not in k.node(NODE)["metadata"]["annotations"]
+
+
+class FlakyPatches(InMemoryKube):
+    """Pod patches answer ``error`` the first ``failures`` times (an apiserver hiccup)."""
+
+    def __init__(self, failures: int, error: Exception) -> None:
+        super().__init__()
+        self.failures = failures
+        self.error = error
+
+    async def patch_pod(self, namespace: str, name: str, patch: Mapping[str, Any]) -> Mapping[str, Any]:
+        if self.failures:
+            self.failures -= 1
+            raise self.error
+        return await super().patch_pod(namespace, name, patch)
+
+
+async def test_recorder_retries_a_transient_500_instead_of_failing_the_pod() -> None:
+    # Found by the churn soak: one injected 500 on this patch made kubelet reject the pod for good.
+    k = FlakyPatches(2, ApiServerError("injected fault", status=500, method="PATCH", path="/pods/demo"))
+    k.put_node({"metadata": {"name": NODE, "annotations": {"hami.io/mutex.lock": LOCK}}})
+    k.put_pod(allocating_pod("demo", NODE, f"{A},NVIDIA,3000,30:;"))
+    found = await source(k).find(NODE, [f"{A}-0"])
+    recorder = KubeAllocationRecorder(k, k, retry_delay_s=0)
+    await recorder.consume(found)
+    assert k.failures == 0
+    assert k.pod("default", "demo")["metadata"]["annotations"]["hami.io/vgpu-devices-to-allocate"] == ";"
+
+
+async def test_recorder_gives_up_after_its_retries_and_never_retries_a_4xx() -> None:
+    k = FlakyPatches(10, ApiServerError("down", status=503))
+    k.put_node({"metadata": {"name": NODE, "annotations": {}}})
+    k.put_pod(allocating_pod("demo", NODE, f"{A},NVIDIA,3000,30:;"))
+    found = await source(k).find(NODE, [f"{A}-0"])
+    with pytest.raises(ApiServerError):
+        await KubeAllocationRecorder(k, k, write_retries=3, retry_delay_s=0).consume(found)
+    assert k.failures == 10 - 4
+    k.failures, k.error = 1, ApiInvalid("bad", status=422)
+    with pytest.raises(ApiInvalid):
+        await KubeAllocationRecorder(k, k, retry_delay_s=0).consume(found)
+    assert k.failures == 0

@@ -5,14 +5,8 @@ from __future__ import annotations
 import pytest
 from webhook_builders import applied, capacity, container, gpu, pod, request
 
-from hami.core.admission import (
-    AdmissionOptions,
-    ClusterCapacity,
-    NvidiaAdmission,
-    Outcome,
-    PodAdmission,
-    capacity_of,
-)
+from hami.core.admission import AdmissionOptions, NvidiaAdmission, Outcome, PodAdmission
+from hami.core.cluster_capacity import ClusterCapacity, capacity_of
 from hami.core.deviceconfig import NvidiaConfig
 from hami.core.errors import HamiError, InvalidRequest
 from hami.core.model import MigTemplate

@@ -6,7 +6,8 @@ import copy
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from hami.core.admission import AdmissionDecision, ClusterCapacity, capacity_of
+from hami.core.admission import AdmissionDecision
+from hami.core.cluster_capacity import ClusterCapacity, capacity_of
 from hami.core.ids import DeviceID
 from hami.core.ledger import Ledger
 from hami.core.model import NVIDIA, DeviceInfo, MigTemplate
