@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 RUNNING_OR_DONE = ("Running", "Succeeded")
 FAULTS = (
     "drop", "drop-clean", "expire", "throttle", "fail-patch", "delay", "reorder", "pause",
-    "hang-bind", "cut-bind", "monitor-sigkill", "clock-skew",
+    "hang-bind", "cut-bind", "monitor-sigkill", "monitor-sigterm", "clock-skew",
 )  # fmt: skip
 
 
@@ -121,6 +121,8 @@ async def inject_api_faults(rel: RelCluster, rng: random.Random, stop: asyncio.E
         elif fault == "monitor-sigkill":
             await rel.monitors["node-1"].kill()
             await rel.monitors["node-1"].start()
+        elif fault == "monitor-sigterm":  # must drain and exit within its shutdown timeout
+            await rel.monitors["node-1"].restart()
         else:
             async with api.paused_for():
                 await asyncio.sleep(0.5)
