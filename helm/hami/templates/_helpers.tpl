@@ -23,8 +23,10 @@
 {{- define "hami.scheduler.certgen" -}}{{ include "hami.scheduler" . }}-certgen{{- end -}}
 {{- define "hami.webhook" -}}{{ include "hami.fullname" . | trunc 55 }}-webhook{{- end -}}
 {{- define "hami.devicePlugin" -}}{{ include "hami.fullname" . | trunc 49 }}-device-plugin{{- end -}}
-{{- define "hami.monitor" -}}{{ include "hami.devicePlugin" . }}-monitor{{- end -}}
+{{- define "hami.monitor" -}}{{ include "hami.fullname" . | trunc 41 }}-device-plugin-monitor{{- end -}}
+{{- define "hami.devicePlugin.metrics" -}}{{ include "hami.fullname" . | trunc 41 }}-device-plugin-metrics{{- end -}}
 {{- define "hami.dra" -}}{{ include "hami.fullname" . | trunc 52 }}-dra-plugin{{- end -}}
+{{- define "hami.dra.metrics" -}}{{ include "hami.fullname" . | trunc 44 }}-dra-plugin-metrics{{- end -}}
 
 {{- define "hami.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}

@@ -399,13 +399,37 @@ def test_cdi_mode_and_dra_plugin(cdi_dra: Rendered, tmp_path: Path, monkeypatch:
 def test_service_monitors_select_the_metrics_services(cdi_dra: Rendered, default: Rendered) -> None:
     assert default.all("ServiceMonitor") == []
     monitors = {m["metadata"]["name"]: m for m in cdi_dra.all("ServiceMonitor")}
-    assert set(monitors) == {"hami-scheduler", "hami-device-plugin-monitor"}
+    assert set(monitors) == {
+        "hami-scheduler",
+        "hami-device-plugin-monitor",
+        "hami-device-plugin-metrics",
+        "hami-dra-plugin-metrics",
+    }
+    workloads = cdi_dra.all("Deployment") + cdi_dra.all("DaemonSet")
     for name, sm in monitors.items():
         service = cdi_dra.get("Service", name)
         assert sm["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+        # Exactly one ServiceMonitor selects each Service (no target scraped twice).
+        assert [
+            other
+            for other, m in monitors.items()
+            if m["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+        ] == [name]
         assert sm["metadata"]["labels"]["release"] == "prometheus"
         (endpoint,) = sm["spec"]["endpoints"]
-        assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+        (port,) = [p for p in service["spec"]["ports"] if p["name"] == endpoint["port"]]
+        # The Service's target port is a named port of the pods it selects.
+        (owner,) = [
+            w
+            for w in workloads
+            if service["spec"]["selector"].items() <= w["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        served = {
+            p["name"]: p["containerPort"]
+            for c in owner["spec"]["template"]["spec"]["containers"]
+            for p in c.get("ports", [])
+        }
+        assert port["targetPort"] in served, (name, served, port)
     # The Services select the pods that serve metrics.
     deployment = cdi_dra.get("Deployment", "hami-scheduler")
     selector = cdi_dra.get("Service", "hami-scheduler")["spec"]["selector"]
