@@ -120,3 +120,8 @@ class EventSink:
         except ApiError as e:
             self.failed += 1
             logger.debug("event %s for %s/%s not recorded: %s", reason, pod.namespace, pod.name, e)
+        except Exception as e:
+            # Events are best effort: one that cannot even be addressed (a pod name from a
+            # malformed extender request) must not stop the queue, or the role with it.
+            self.failed += 1
+            logger.warning("event %s for %r/%r not recorded: %s", reason, pod.namespace, pod.name, e)

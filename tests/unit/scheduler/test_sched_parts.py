@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 from datetime import UTC, datetime
 
 import pytest
@@ -14,6 +16,7 @@ from hami.core.errors import ConfigError
 from hami.core.ledger import PodState
 from hami.core.node_annotations import encode_node_devices_legacy
 from hami.core.vendors import build_registry
+from hami.k8s.objects import EVENTS
 from hami.scheduler.events import EventSink, PodRef
 from hami.scheduler.explain import WhyBook, error_record
 from hami.scheduler.registrar import decode_node
@@ -185,6 +188,37 @@ async def test_event_sink_folds_and_bounds():
     await sink.flush(1.0)
     assert [m for (_, _, m) in env.api.events] == ["two", "three"]
     await drain_events(env)
+
+
+class PathCheckingEvents:
+    """Posts events as the real client builds their URL: an unusable namespace is a ValueError."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    async def create_event(self, involved, *, reason, message, type, component):
+        namespace = involved["metadata"]["namespace"]
+        EVENTS.collection_path(namespace)
+        self.events.append(f"{namespace}/{reason}")
+
+
+async def test_event_sink_survives_an_event_it_cannot_address():
+    # Found by the soak's extender fuzzing: a pod namespace of control characters in /filter
+    # made the event task raise ValueError, which stopped the whole scheduler role.
+    api = PathCheckingEvents()
+    sink = EventSink(api, component="hami-scheduler")  # type: ignore[arg-type]
+    task = asyncio.create_task(sink.run())
+    sink.emit(PodRef(namespace="\x15\x0b", name="p", uid="u1"), "Warning", "FilteringFailed", "bad")
+    sink.emit(PodRef(namespace="default", name="p", uid="u2"), "Warning", "FilteringFailed", "good")
+    for _ in range(100):
+        if sink.sent:
+            break
+        await asyncio.sleep(0.01)
+    assert not task.done()
+    assert api.events == ["default/FilteringFailed"] and sink.failed == 1 and sink.sent == 1
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def test_node_policy_flag_accepts_fragmentation_aware():
