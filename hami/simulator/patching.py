@@ -136,7 +136,7 @@ def _smp_list(field: str, current: list[Any], patch: list[Any]) -> list[Any]:
             if value not in result:
                 result.append(value)
         return result
-    key = MERGE_KEYS.get(field)
+    key = _merge_key(field, [*current, *patch])
     if key is None or not all(isinstance(p, dict) for p in patch):
         return [p for p in patch if not (isinstance(p, dict) and p.get("$patch") == "delete")]
     result = [dict(c) if isinstance(c, dict) else c for c in current]
@@ -160,8 +160,18 @@ def _smp_list(field: str, current: list[Any], patch: list[Any]) -> list[Any]:
     return result
 
 
+def _merge_key(field: str, items: list[Any]) -> str | None:
+    """A Service's ``ports`` merge by ``port``, a container's by ``containerPort``: only a ServicePort
+    has ``port`` without ``containerPort``."""
+    if field == "ports" and any(
+        isinstance(i, dict) and "port" in i and "containerPort" not in i for i in items
+    ):
+        return "port"
+    return MERGE_KEYS.get(field)
+
+
 def _apply_order(field: str, items: list[Any], order: list[Any]) -> list[Any]:
-    key = MERGE_KEYS.get(field)
+    key = _merge_key(field, [*items, *order])
 
     def ident(item: Any) -> Any:
         return item.get(key) if key and isinstance(item, dict) else item

@@ -3,6 +3,11 @@
 One :class:`ResourceType` per (group, version, resource). Behaviour that real apiserver strategies
 vary per kind (status subresource, generation tracking, unconditional PUT, create-on-PUT, field
 selectors, name rules, whether DELETE returns the object) is data here, not code paths elsewhere.
+
+Workload, networking, policy and RBAC kinds (services, deployments, jobs, roles, ...) are stored as an
+apiserver without a controller-manager stores them: defaulted, validated and, for Services, given
+cluster IPs and node ports (:mod:`hami.simulator.kindrules`), but no controller acts on them (no
+ReplicaSets or pods appear, no status is filled in, no endpoints exist).
 """
 
 from __future__ import annotations
@@ -114,6 +119,15 @@ _EVENT_FIELDS = (
     "type",
 )
 
+_RBAC = "rbac.authorization.k8s.io"
+# apps/v1 kinds: (kind, short name, field selector message style: only ReplicaSets register their own)
+_APPS: tuple[tuple[str, str, FieldLabelStyle], ...] = (
+    ("Deployment", "deploy", "generic"),
+    ("DaemonSet", "ds", "generic"),
+    ("StatefulSet", "sts", "generic"),
+    ("ReplicaSet", "rs", "core"),
+)
+
 RESOURCE_TYPES: tuple[ResourceType, ...] = (
     ResourceType(
         kind="Namespace",
@@ -167,6 +181,20 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
         kind="ResourceQuota",
         namespaced=True,
         short_names=("quota",),
+        subresources=("status",),
+    ),
+    ResourceType(
+        kind="ServiceAccount",
+        namespaced=True,
+        short_names=("sa",),
+    ),
+    ResourceType(
+        kind="Service",
+        namespaced=True,
+        short_names=("svc",),
+        categories=("all",),
+        return_deleted=True,
+        field_label_style="core",
         subresources=("status",),
     ),
     ResourceType(
@@ -227,6 +255,45 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
         field_labels=("spec.nodeName", "spec.driver"),
         field_label_style="group",
     ),
+    *(
+        ResourceType(group=_RBAC, kind=kind, namespaced=namespaced)
+        for kind, namespaced in (
+            ("Role", True),
+            ("RoleBinding", True),
+            ("ClusterRole", False),
+            ("ClusterRoleBinding", False),
+        )
+    ),
+    ResourceType(
+        group="policy",
+        kind="PodDisruptionBudget",
+        namespaced=True,
+        short_names=("pdb",),
+        tracks_generation=True,
+        subresources=("status",),
+    ),
+    *(
+        ResourceType(
+            group="apps",
+            kind=kind,
+            namespaced=True,
+            short_names=(short,),
+            categories=("all",),
+            tracks_generation=True,
+            field_label_style=style,
+            subresources=("status",),
+        )
+        for kind, short, style in _APPS
+    ),
+    ResourceType(
+        group="batch",
+        kind="Job",
+        namespaced=True,
+        categories=("all",),
+        tracks_generation=True,
+        field_label_style="core",
+        subresources=("status",),
+    ),
 )
 
 
@@ -274,3 +341,4 @@ EVENTS = REGISTRY.get("events")
 LEASES = REGISTRY.get("leases.coordination.k8s.io")
 MUTATING_WEBHOOKS = REGISTRY.get("mutatingwebhookconfigurations.admissionregistration.k8s.io")
 VALIDATING_WEBHOOKS = REGISTRY.get("validatingwebhookconfigurations.admissionregistration.k8s.io")
+SERVICES = REGISTRY.get("services")

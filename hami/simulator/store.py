@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from hami.simulator import strategies
+from hami.simulator import kindrules, strategies
 from hami.simulator.history import ChangeHistory, decode_continue, encode_continue, parse_resource_version
 from hami.simulator.objectmeta import (
     SERVER_SET_ON_CREATE,
@@ -212,6 +212,7 @@ class Store:
         for key in SERVER_SET_ON_CREATE:
             meta.pop(key, None)
         strategies.decode_defaults(rt, obj)
+        kindrules.default(rt, obj)
         return obj
 
     def prepare_create(self, rt: ResourceType, obj: JsonObj) -> JsonObj:
@@ -232,6 +233,7 @@ class Store:
             meta["generation"] = 1
         strategies.prepare_for_create(rt, obj)
         strategies.raise_invalid_if(rt, meta["name"], strategies.validate_create(rt, obj))
+        kindrules.prepare_create(rt, obj, self.objects, self._rng)
         return obj
 
     def commit_create(self, rt: ResourceType, obj: JsonObj) -> JsonObj:
@@ -246,6 +248,7 @@ class Store:
                 raise already_exists(rt, meta["name"])
             meta["name"] = self._generate_name(rt, key[0] or None, prefix)
             key = self._key(rt, key[0] or None, meta["name"])
+        kindrules.check_commit(rt, obj, self.objects)
         return self._write(rt, key, obj, None)
 
     def create(self, rt: ResourceType, namespace: str | None, body: Any) -> JsonObj:
@@ -281,10 +284,12 @@ class Store:
             raise not_found(rt, name)
         carry_over(rt, name, old, new)
         strategies.decode_defaults(rt, new)
+        kindrules.default(rt, new)
         strategies.apply_status_split(rt, old, new, subresource)
         if rt.tracks_generation and strategies.spec_changed(old, new):
             meta["generation"] = int(old["metadata"].get("generation") or 0) + 1
         strategies.raise_invalid_if(rt, name, strategies.validate_update(rt, old, new))
+        kindrules.prepare_update(rt, old, new, self.objects, self._rng)
         return old, new
 
     def commit_update(self, rt: ResourceType, old: JsonObj | None, new: JsonObj) -> JsonObj:
@@ -306,6 +311,7 @@ class Store:
             and not meta.get("deletionGracePeriodSeconds")
         ):
             return self._remove(rt, key, new)
+        kindrules.check_commit(rt, new, self.objects)
         return self._write(rt, key, new, old)
 
     def update(

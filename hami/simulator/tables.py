@@ -1,7 +1,8 @@
 """Server-side ``meta.k8s.io/v1`` Table output, so ``kubectl get`` prints real columns (k8s-apis.md §6.12).
 
-Columns follow kube-apiserver's printers for pods, nodes, namespaces, events, leases and the DRA
-kinds; any other kind gets ``Name`` and ``Created At``.
+Columns follow kube-apiserver's printers for pods, nodes, namespaces, events, leases, the DRA kinds,
+services, service accounts, the apps/v1 workloads, jobs, pod disruption budgets and role bindings;
+any other kind (roles, cluster roles, ...) gets ``Name`` and ``Created At``, as it does there.
 """
 
 from __future__ import annotations
@@ -144,7 +145,156 @@ def _claim_state(claim: Mapping[str, Any]) -> str:
     return ",".join(parts)
 
 
+def _labels_text(labels: Any) -> str:
+    """``labels.FormatLabels``: sorted ``k=v`` pairs, ``<none>`` when empty."""
+    if not isinstance(labels, dict) or not labels:
+        return "<none>"
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def _selector_text(selector: Any) -> str:
+    """``metav1.FormatLabelSelector``."""
+    if not isinstance(selector, dict):
+        return "<none>"
+    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    ops = {"In": "in", "NotIn": "notin"}
+    for expr in selector.get("matchExpressions") or []:
+        key, op = expr.get("key", ""), expr.get("operator", "")
+        if op in ops:
+            parts.append(f"{key} {ops[op]} ({','.join(sorted(expr.get('values') or []))})")
+        else:
+            parts.append(key if op == "Exists" else f"!{key}")
+    return ",".join(parts) or "<none>"
+
+
+def _status(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return obj.get("status") or {}
+
+
+def _spec(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return obj.get("spec") or {}
+
+
+def _containers(owner: Mapping[str, Any]) -> list[str]:
+    """``Containers`` and ``Images`` of a workload's pod template."""
+    containers = ((_spec(owner).get("template") or {}).get("spec") or {}).get("containers") or []
+    return [
+        ",".join(str(c.get("name", "")) for c in containers),
+        ",".join(str(c.get("image", "")) for c in containers),
+    ]
+
+
+def _service_row(svc: Mapping[str, Any], now: float) -> Row:
+    spec = _spec(svc)
+    kind = spec.get("type", "ClusterIP")
+    external = list(spec.get("externalIPs") or [])
+    if kind == "ExternalName":
+        external_text = spec.get("externalName") or "<none>"
+    elif kind == "LoadBalancer":
+        ingress = (_status(svc).get("loadBalancer") or {}).get("ingress") or []
+        external += [i.get("ip") or i.get("hostname") for i in ingress if i.get("ip") or i.get("hostname")]
+        external_text = ",".join(external) or "<pending>"
+    else:
+        external_text = ",".join(external) or "<none>"
+    ports = [
+        f"{p.get('port')}{':' + str(p['nodePort']) if p.get('nodePort') else ''}/{p.get('protocol', 'TCP')}"
+        for p in spec.get("ports") or []
+    ]
+    return [
+        _name(svc),
+        kind,
+        spec.get("clusterIP") or "<none>",
+        external_text,
+        ",".join(ports) or "<none>",
+        _age(svc["metadata"].get("creationTimestamp"), now),
+        _labels_text(spec.get("selector")),
+    ]
+
+
+def _deployment_row(d: Mapping[str, Any], now: float) -> Row:
+    status = _status(d)
+    return [
+        _name(d),
+        f"{status.get('readyReplicas', 0)}/{_spec(d).get('replicas', 0)}",
+        status.get("updatedReplicas", 0),
+        status.get("availableReplicas", 0),
+        _age(d["metadata"].get("creationTimestamp"), now),
+        *_containers(d),
+        _selector_text(_spec(d).get("selector")),
+    ]
+
+
+def _daemonset_row(ds: Mapping[str, Any], now: float) -> Row:
+    status = _status(ds)
+    node_selector = ((_spec(ds).get("template") or {}).get("spec") or {}).get("nodeSelector")
+    return [
+        _name(ds),
+        status.get("desiredNumberScheduled", 0),
+        status.get("currentNumberScheduled", 0),
+        status.get("numberReady", 0),
+        status.get("updatedNumberScheduled", 0),
+        status.get("numberAvailable", 0),
+        _labels_text(node_selector),
+        _age(ds["metadata"].get("creationTimestamp"), now),
+        *_containers(ds),
+        _selector_text(_spec(ds).get("selector")),
+    ]
+
+
+def _job_row(job: Mapping[str, Any], now: float) -> Row:
+    spec, status = _spec(job), _status(job)
+    true = {c.get("type") for c in status.get("conditions") or [] if c.get("status") == "True"}
+    state = next(
+        (s for s in ("Failed", "Complete", "Suspended", "FailureTarget", "SuccessCriteriaMet") if s in true),
+        "Terminating" if job["metadata"].get("deletionTimestamp") else "Running",
+    )
+    succeeded = status.get("succeeded", 0)
+    if spec.get("completions") is not None:
+        completions = f"{succeeded}/{spec['completions']}"
+    elif int(spec.get("parallelism") or 0) > 1:
+        completions = f"{succeeded}/1 of {spec['parallelism']}"
+    else:
+        completions = f"{succeeded}/1"
+    duration = ""
+    if status.get("startTime"):
+        end = parse_time(status["completionTime"]) if status.get("completionTime") else now
+        duration = human_duration(end - parse_time(status["startTime"]))
+    return [
+        _name(job),
+        state,
+        completions,
+        duration,
+        _age(job["metadata"].get("creationTimestamp"), now),
+        *_containers(job),
+        _selector_text(spec.get("selector")),
+    ]
+
+
+def _binding_row(binding: Mapping[str, Any], now: float) -> Row:
+    ref = binding.get("roleRef") or {}
+    subjects = binding.get("subjects") or []
+
+    def names(kind: str) -> str:
+        found = [s for s in subjects if s.get("kind") == kind]
+        with_ns = kind == "ServiceAccount"
+        return ", ".join(f"{s.get('namespace', '')}/{s['name']}" if with_ns else s["name"] for s in found)
+
+    return [
+        _name(binding),
+        f"{ref.get('kind', '')}/{ref.get('name', '')}",
+        _age(binding["metadata"].get("creationTimestamp"), now),
+        names("User"),
+        names("Group"),
+        names("ServiceAccount"),
+    ]
+
+
 _S, _I, _D = "string", "integer", "date"
+_WORKLOAD_EXTRA: Sequence[Column] = [
+    ("Containers", _S, "", 1),
+    ("Images", _S, "", 1),
+    ("Selector", _S, "", 1),
+]
 _PRINTERS: Mapping[str, tuple[Sequence[Column], Callable[[Mapping[str, Any], float], Row]]] = {
     "pods": (
         [
@@ -238,6 +388,120 @@ _PRINTERS: Mapping[str, tuple[Sequence[Column], Callable[[Mapping[str, Any], flo
         [("Name", _S, "name", 0), ("State", _S, "", 0), ("Age", _S, "", 0)],
         lambda o, now: [_name(o), _claim_state(o), _age(o["metadata"].get("creationTimestamp"), now)],
     ),
+    "services": (
+        [
+            ("Name", _S, "name", 0),
+            ("Type", _S, "", 0),
+            ("Cluster-IP", _S, "", 0),
+            ("External-IP", _S, "", 0),
+            ("Port(s)", _S, "", 0),
+            ("Age", _S, "", 0),
+            ("Selector", _S, "", 1),
+        ],
+        _service_row,
+    ),
+    "serviceaccounts": (
+        [("Name", _S, "name", 0), ("Secrets", _I, "", 0), ("Age", _S, "", 0)],
+        lambda o, now: [
+            _name(o),
+            len(o.get("secrets") or []),
+            _age(o["metadata"].get("creationTimestamp"), now),
+        ],
+    ),
+    "deployments.apps": (
+        [
+            ("Name", _S, "name", 0),
+            ("Ready", _S, "", 0),
+            ("Up-to-date", _I, "", 0),
+            ("Available", _I, "", 0),
+            ("Age", _S, "", 0),
+            *_WORKLOAD_EXTRA,
+        ],
+        _deployment_row,
+    ),
+    "daemonsets.apps": (
+        [
+            ("Name", _S, "name", 0),
+            ("Desired", _I, "", 0),
+            ("Current", _I, "", 0),
+            ("Ready", _I, "", 0),
+            ("Up-to-date", _I, "", 0),
+            ("Available", _I, "", 0),
+            ("Node Selector", _S, "", 0),
+            ("Age", _S, "", 0),
+            *_WORKLOAD_EXTRA,
+        ],
+        _daemonset_row,
+    ),
+    "statefulsets.apps": (
+        [("Name", _S, "name", 0), ("Ready", _S, "", 0), ("Age", _S, "", 0), *_WORKLOAD_EXTRA[:2]],
+        lambda o, now: [
+            _name(o),
+            f"{_status(o).get('readyReplicas', 0)}/{_spec(o).get('replicas', 0)}",
+            _age(o["metadata"].get("creationTimestamp"), now),
+            *_containers(o),
+        ],
+    ),
+    "replicasets.apps": (
+        [
+            ("Name", _S, "name", 0),
+            ("Desired", _I, "", 0),
+            ("Current", _I, "", 0),
+            ("Ready", _I, "", 0),
+            ("Age", _S, "", 0),
+            *_WORKLOAD_EXTRA,
+        ],
+        lambda o, now: [
+            _name(o),
+            _spec(o).get("replicas", 0),
+            _status(o).get("replicas", 0),
+            _status(o).get("readyReplicas", 0),
+            _age(o["metadata"].get("creationTimestamp"), now),
+            *_containers(o),
+            _selector_text(_spec(o).get("selector")),
+        ],
+    ),
+    "jobs.batch": (
+        [
+            ("Name", _S, "name", 0),
+            ("Status", _S, "", 0),
+            ("Completions", _S, "", 0),
+            ("Duration", _S, "", 0),
+            ("Age", _S, "", 0),
+            *_WORKLOAD_EXTRA,
+        ],
+        _job_row,
+    ),
+    "poddisruptionbudgets.policy": (
+        [
+            ("Name", _S, "name", 0),
+            ("Min Available", _S, "", 0),
+            ("Max Unavailable", _S, "", 0),
+            ("Allowed Disruptions", _I, "", 0),
+            ("Age", _S, "", 0),
+        ],
+        lambda o, now: [
+            _name(o),
+            str(_spec(o).get("minAvailable", "N/A")),
+            str(_spec(o).get("maxUnavailable", "N/A")),
+            _status(o).get("disruptionsAllowed", 0),
+            _age(o["metadata"].get("creationTimestamp"), now),
+        ],
+    ),
+    **{
+        f"{plural}.rbac.authorization.k8s.io": (
+            [
+                ("Name", _S, "name", 0),
+                ("Role", _S, "", 0),
+                ("Age", _S, "", 0),
+                ("Users", _S, "", 1),
+                ("Groups", _S, "", 1),
+                ("ServiceAccounts", _S, "", 1),
+            ],
+            _binding_row,
+        )
+        for plural in ("rolebindings", "clusterrolebindings")
+    },
 }
 _GENERIC: tuple[Sequence[Column], Callable[[Mapping[str, Any], float], Row]] = (
     [("Name", _S, "name", 0), ("Created At", _D, "", 0)],
