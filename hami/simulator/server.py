@@ -18,7 +18,10 @@ Supported (semantics of k8s-apis.md §6, checklist §10):
   coordination.k8s.io/v1 leases (MicroTime fields must have exactly 6 fractional digits; PUT needs a
   resourceVersion; PUT creates); admissionregistration.k8s.io/v1 mutating/validating webhook
   configurations; resource.k8s.io/v1 deviceclasses, resourceclaims (+status), resourceclaimtemplates,
-  resourceslices.
+  resourceslices. Stored-only (no controller-manager acts on them, :mod:`hami.simulator.kindrules`):
+  serviceaccounts, services (+status; cluster IPs and node ports allocated), rbac.authorization.k8s.io/v1
+  roles, rolebindings, clusterroles, clusterrolebindings, policy/v1 poddisruptionbudgets (+status),
+  apps/v1 deployments, daemonsets, statefulsets, replicasets, batch/v1 jobs (+status).
 * Verbs: get, list (``<Kind>List``, ``limit``/``continue`` as a consistent snapshot, ``resourceVersion``
   + ``resourceVersionMatch``), watch (``?watch=`` any case, or ``/watch/`` paths; ADDED/MODIFIED/DELETED/
   BOOKMARK/ERROR JSON lines; selector transitions; ``allowWatchBookmarks`` with periodic bookmarks;
