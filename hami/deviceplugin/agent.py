@@ -73,7 +73,7 @@ class DevicePluginAgent:
         self.config = config
         self._backend = backend
         self._nodes = nodes
-        self._source = source or HamiPendingPodSource(pods, nodes)
+        self._source = source or HamiPendingPodSource(pods, nodes, resource=config.node.resource_name)
         self._recorder = recorder or KubeAllocationRecorder(pods, nodes)
         self.new_random_id = new_id
         self._on_allocate = on_allocate  # Allocate latency observer (the metrics histogram)

@@ -83,6 +83,11 @@ class AmbiguousAllocation(PodLookupError):
     """Several pending pods fit the request and nothing tells them apart."""
 
 
+class ForeignPodFirst(AmbiguousAllocation):
+    """A pod HAMi did not place asks for this resource on the node and is first in kubelet's line:
+    the call is most likely its own, and HAMi has nothing to give it but another pod's slice."""
+
+
 class MalformedAllocation(PodLookupError):
     """The matched pod can never be allocated: its annotations cannot be read (``cause``).
 
@@ -271,6 +276,61 @@ def names_gpus_of_others(
     ]
 
 
+def _requested(pod: RawObject, resource: str) -> list[int]:
+    """Per container, how many of ``resource`` it asks (limits, else requests; 0 when unreadable)."""
+    spec = pod.get("spec")
+    containers = spec.get("containers") if isinstance(spec, Mapping) else None
+    counts: list[int] = []
+    for container in containers if isinstance(containers, list) else []:
+        resources = container.get("resources") if isinstance(container, Mapping) else None
+        resources = resources if isinstance(resources, Mapping) else {}
+        value = None
+        for field in ("limits", "requests"):
+            amounts = resources.get(field)
+            if isinstance(amounts, Mapping) and resource in amounts:
+                value = amounts[resource]
+                break
+        try:
+            counts.append(int(str(value)) if value is not None else 0)
+        except ValueError:
+            counts.append(0)
+    return counts
+
+
+def awaits_admission_outside_hami(pod: RawObject, node: str, resource: str) -> bool:
+    """A pod bound to ``node`` without HAMi's placement that asks for ``resource`` and is not
+    through kubelet admission yet (this plugin can never allocate such a pod: it fails there)."""
+    if deleting(pod) or annotations_of(pod).get(keys.VGPU_NODE):
+        return False
+    status = pod.get("status")
+    phase = status.get("phase") if isinstance(status, Mapping) else None
+    spec = pod.get("spec")
+    bound = spec.get("nodeName") if isinstance(spec, Mapping) else None
+    return phase in (None, "Pending") and bound == node and any(_requested(pod, resource))
+
+
+def first_in_line(
+    allocation: PendingAllocation, foreign: Sequence[RawObject], count: int, resource: str
+) -> None:
+    """Raise :class:`ForeignPodFirst` when a pod outside HAMi asking ``count`` devices was created no
+    later than ``allocation``'s pod: kubelet admits in creation order, so this call is likely its.
+
+    Serving it would run that pod on the HAMi pod's slice, which the scheduler frees again when the
+    HAMi pod then fails: one device handed out twice. Refused, it fails admission, as in HAMi.
+    """
+    created = str(_meta(allocation.pod).get("creationTimestamp", ""))
+    rivals = [
+        f for f in foreign
+        if count in _requested(f, resource) and str(_meta(f).get("creationTimestamp", "")) <= created
+    ]  # fmt: skip
+    if rivals:
+        raise ForeignPodFirst(
+            f"pod {pod_ref(rivals[0])} asks {count} {resource} without a HAMi placement (not scheduled by "
+            f"HAMi) and is in kubelet's line before {pod_ref(allocation.pod)}; refusing this Allocate "
+            f"rather than handing it {pod_ref(allocation.pod)}'s devices"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class _Candidate:
     allocation: PendingAllocation
@@ -278,11 +338,16 @@ class _Candidate:
 
 
 class HamiPendingPodSource:
-    """HAMi-2.8-compatible lookup with verification (module docstring)."""
+    """HAMi-2.8-compatible lookup with verification (module docstring).
 
-    def __init__(self, pods: PodApi, nodes: NodeApi) -> None:
+    ``resource``: the resource name this plugin serves; with it, pods that ask for it but were not
+    placed by HAMi (:func:`first_in_line`) are never handed a HAMi pod's devices.
+    """
+
+    def __init__(self, pods: PodApi, nodes: NodeApi, *, resource: str | None = None) -> None:
         self._pods = pods
         self._nodes = nodes
+        self._resource = resource
 
     async def _lock(self, node: str) -> NodeLock | None:
         value = annotations_of(await self._nodes.get_node(node)).get(keys.NODE_LOCK)
@@ -298,7 +363,9 @@ class HamiPendingPodSource:
 
     async def _candidates(
         self, node: str
-    ) -> tuple[list[_Candidate], list[str], list[tuple[MalformedAllocation, bool]]]:
+    ) -> tuple[list[_Candidate], list[str], list[tuple[MalformedAllocation, bool]], list[RawObject]]:
+        """Waiting HAMi pods (lock holder first, then by creation), why others are not, the
+        unreadable ones, and the pods outside HAMi waiting for kubelet admission."""
         lock = await self._lock(node)
         holder = (lock.namespace, lock.name) if lock is not None and lock.namespace and lock.name else None
         pods = list(await self._pods.list_pods_on_node(node))
@@ -311,6 +378,9 @@ class HamiPendingPodSource:
         candidates: list[_Candidate] = []
         skipped: list[str] = []
         malformed: list[tuple[MalformedAllocation, bool]] = []
+        foreign = [
+            p for p in pods if self._resource and awaits_admission_outside_hami(p, node, self._resource)
+        ]
         for pod in pods:
             from_lock = _key_of(pod) == holder
             if from_lock and lock is not None and lock.uid is not None and lock.uid != _meta(pod).get("uid"):
@@ -332,20 +402,27 @@ class HamiPendingPodSource:
                 pod=pod, container_index=index, devices=devices, remaining=remaining
             )
             candidates.append(_Candidate(allocation, from_lock))
-        return candidates, skipped, malformed
+        return candidates, skipped, malformed, foreign
 
     async def find(self, node: str, device_ids: Sequence[str]) -> PendingAllocation:
         if not device_ids:
             raise PodLookupError("Allocate asked for no devices")
-        candidates, skipped, malformed = await self._candidates(node)
-        sized = [c for c in candidates if len(c.allocation.devices) == len(device_ids)]
+        candidates, skipped, malformed, foreign = await self._candidates(node)
+        count = len(device_ids)
+
+        def servable(allocation: PendingAllocation, why: str) -> PendingAllocation:
+            if self._resource:
+                first_in_line(allocation, foreign, count, self._resource)
+            return _servable(allocation, why)
+
+        sized = [c for c in candidates if len(c.allocation.devices) == count]
         exact = [c for c in sized if names_gpus_of(device_ids, c.allocation.devices)]
         if exact:
             # Same GPUs requested: the lock holder, else the oldest (kubelet admits in creation order).
-            return _servable(exact[0].allocation, "kubelet's device IDs name its GPUs")
+            return servable(exact[0].allocation, "kubelet's device IDs name its GPUs")
         locked = [c for c in sized if c.from_lock]
         if locked:
-            return _servable(locked[0].allocation, "it holds the node lock")
+            return servable(locked[0].allocation, "it holds the node lock")
         if len(sized) == 1:
             only = sized[0].allocation
             others = names_gpus_of_others(device_ids, only, [c.allocation for c in candidates])
@@ -355,7 +432,7 @@ class HamiPendingPodSource:
                     f"kubelet's device IDs {list(device_ids)} name GPUs of {', '.join(others)}; "
                     "refusing to guess"
                 )
-            return _servable(only, "it is the only pod waiting for this many devices")
+            return servable(only, "it is the only pod waiting for this many devices")
         if len(sized) > 1:
             names = ", ".join(pod_ref(c.allocation.pod) for c in sized)
             raise AmbiguousAllocation(
@@ -375,13 +452,14 @@ class HamiPendingPodSource:
             for c in candidates
         ]
         reasons += skipped + [str(m) for m, _ in malformed]
+        reasons += [f"{pod_ref(f)}: not scheduled by HAMi (no {keys.VGPU_NODE})" for f in foreign]
         detail = "; ".join(reasons) if reasons else "no pod is being allocated there"
         raise PodLookupError(f"no pod on node {node} waits for {len(device_ids)} device(s) ({detail})")
 
     async def expected(self, node: str, count: int) -> PendingAllocation | None:
         # Pods being deleted keep their place: kubelet may be allocating one right now, and
         # steering that call to a neighbour's GPUs is exactly what must not happen.
-        candidates, _skipped, _malformed = await self._candidates(node)
+        candidates, _skipped, _malformed, _foreign = await self._candidates(node)
         sized = [c for c in candidates if len(c.allocation.devices) == count]
         return sized[0].allocation if sized else None
 

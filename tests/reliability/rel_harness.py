@@ -577,6 +577,11 @@ async def rel_cluster(
                 if replica is not None:
                     await rel.wait_scheduler(replica)
                 yield rel
+            except BaseException:
+                # The role logs go with the temporary root: show their tails in the failure report.
+                for proc in rel.processes():
+                    print(f"---- {proc.name} (last lines of {proc.log_path.name})\n{proc.log_tail(60)}")
+                raise
             finally:
                 await rel.close()
     finally:

@@ -214,8 +214,8 @@ async def test_chart_roles_schedule_through_webhook_and_extender(e2e_chart: Char
                 created = await cluster.create_pod(_pod(name, limits))
                 assert created["spec"]["schedulerName"] == scheduler_name
             # The rendered objectSelector is kept: an opted-out pod is not mutated. It fits no node,
-            # so it never reaches a kubelet: there a non-HAMi pod's Allocate would take whichever
-            # pending HAMi assignment asks as many GPUs (as in HAMi).
+            # so it never reaches a kubelet (where the device plugin would refuse it: HAMi placed it
+            # nowhere; tests/unit/deviceplugin/test_dp_podlookup.py).
             opted_out = _pod("ignored", {"nvidia.com/gpu": "1"}, labels={"hami.io/webhook": "ignore"})
             opted_out["spec"]["nodeSelector"] = {"example.com/no-such-node": "true"}
             ignored = await cluster.create_pod(opted_out)

@@ -14,6 +14,7 @@ from hami.core.node_lock import NodeLock, encode_node_lock
 from hami.deviceplugin.memkube import InMemoryKube, allocating_pod
 from hami.deviceplugin.podlookup import (
     AmbiguousAllocation,
+    ForeignPodFirst,
     HamiPendingPodSource,
     KubeAllocationRecorder,
     MalformedAllocation,
@@ -220,3 +221,73 @@ async def test_recorder_gives_up_after_its_retries_and_never_retries_a_4xx() -> 
     with pytest.raises(ApiInvalid):
         await KubeAllocationRecorder(k, k, retry_delay_s=0).consume(found)
     assert k.failures == 0
+
+
+def foreign_pod(
+    name: str, gpus: int, *, created: str, phase: str = "Pending", deleting: bool = False
+) -> dict:
+    """A pod some other scheduler bound (or created with nodeName): no HAMi annotations."""
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": "default",
+        "uid": f"uid-{name}",
+        "creationTimestamp": created,
+    }
+    if deleting:
+        meta["deletionTimestamp"] = "2026-02-01T08:00:09Z"
+    limits = {"nvidia.com/gpu": str(gpus)}
+    return {
+        "metadata": meta,
+        "spec": {
+            "nodeName": NODE,
+            "containers": [{"name": "c", "image": "cuda", "resources": {"limits": limits}}],
+        },
+        "status": {"phase": phase},
+    }
+
+
+def hami_and_foreign(foreign: dict) -> InMemoryKube:
+    k = kube()
+    k.put_pod(allocating_pod("hami", NODE, f"{A},NVIDIA,3000,30:;", created="2026-02-01T08:00:05Z"))
+    k.put_pod(foreign)
+    return k
+
+
+async def test_a_pod_outside_hami_first_in_line_never_gets_a_hami_pods_devices() -> None:
+    # It bypassed the webhook (nodeName set, or another scheduler): kubelet admits it first, and
+    # its Allocate used to match the HAMi pod waiting for as many GPUs (as in HAMi 2.8).
+    k = hami_and_foreign(foreign_pod("bypass", 1, created="2026-02-01T08:00:01Z"))
+    lookup = HamiPendingPodSource(k, k, resource="nvidia.com/gpu")
+    with pytest.raises(
+        ForeignPodFirst, match=r"default/bypass asks 1 nvidia\.com/gpu .* default/hami's devices"
+    ):
+        await lookup.find(NODE, [f"{A}-0"])
+    with pytest.raises(ForeignPodFirst):
+        await lookup.find(NODE, [f"{B}-3"])  # the "only pod waiting" path too
+    # Created in the same second: kubelet's order is unknown, so the same refusal.
+    k = hami_and_foreign(foreign_pod("bypass", 1, created="2026-02-01T08:00:05Z"))
+    with pytest.raises(ForeignPodFirst):
+        await HamiPendingPodSource(k, k, resource="nvidia.com/gpu").find(NODE, [f"{A}-0"])
+
+
+@pytest.mark.parametrize(
+    "foreign",
+    [
+        foreign_pod("newer", 1, created="2026-02-01T08:00:09Z"),  # admitted after the HAMi pod
+        foreign_pod("bigger", 2, created="2026-02-01T08:00:01Z"),  # its Allocate asks 2 devices
+        foreign_pod("rejected", 1, created="2026-02-01T08:00:01Z", phase="Failed"),
+        foreign_pod("going", 1, created="2026-02-01T08:00:01Z", deleting=True),
+    ],
+    ids=lambda p: p["metadata"]["name"],
+)
+async def test_pods_outside_hami_that_cannot_be_this_call_do_not_block(foreign: dict) -> None:
+    k = hami_and_foreign(foreign)
+    found = await HamiPendingPodSource(k, k, resource="nvidia.com/gpu").find(NODE, [f"{A}-0"])
+    assert found.name == "hami"
+
+
+async def test_a_lone_pod_outside_hami_is_named_in_the_refusal() -> None:
+    k = kube()
+    k.put_pod(foreign_pod("bypass", 1, created="2026-02-01T08:00:01Z"))
+    with pytest.raises(PodLookupError, match="default/bypass: not scheduled by HAMi"):
+        await HamiPendingPodSource(k, k, resource="nvidia.com/gpu").find(NODE, [f"{A}-0"])
