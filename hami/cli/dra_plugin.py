@@ -47,6 +47,7 @@ from hami.dra.plugin import (
     DraPlugin,
     DraPluginConfig,
 )
+from hami.dra.slices import DEFAULT_SPLIT_COUNT
 from hami.k8s.auth import load_credentials
 from hami.k8s.client import HttpKubeApi
 from hami.metrics.build_info import detect_build_info
@@ -96,6 +97,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--lib-cuda-log-level", default="1", help="LIBCUDA_LOG_LEVEL given to containers")
     p.add_argument("--host-root", type=Path, default=Path("/"), help="prefix for host files (testing)")
     p.add_argument("--slice-interval", type=float, default=30.0, help="ResourceSlice re-check period [s]")
+    p.add_argument(
+        "--device-split-count",
+        type=int,
+        default=DEFAULT_SPLIT_COUNT,
+        help=f"claims that may share one GPU: HAMi's deviceSplitCount (default {DEFAULT_SPLIT_COUNT})",
+    )
     mock = p.add_argument_group("mock backend")
     mock.add_argument("--mock-gpus", type=int, default=2, help="number of GPUs (default 2)")
     mock.add_argument("--mock-model", default="NVIDIA A100-PCIE-40GB", help="GPU model name")
@@ -139,6 +146,7 @@ def build_config(args: argparse.Namespace) -> DraPluginConfig:
             ),
             host_root=args.host_root,
             slice_interval_s=args.slice_interval,
+            split_count=args.device_split_count,
         )
     except ValueError as e:
         raise ConfigError("dra-plugin", str(e)) from e

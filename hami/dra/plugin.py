@@ -36,7 +36,7 @@ from hami.dra.service import (
     PreparerSettings,
     RegistrationService,
 )
-from hami.dra.slices import SlicePublisher
+from hami.dra.slices import DEFAULT_SPLIT_COUNT, SlicePublisher
 from hami.dra.state import STATE_FILE, ClaimCheckpoint
 from hami.k8s.client import KubeApi
 
@@ -59,12 +59,15 @@ class DraPluginConfig:
     host_root: Path = Path("/")
     control_devices: tuple[str, ...] = CONTROL_DEVICES
     slice_interval_s: float = 30.0
+    split_count: int = DEFAULT_SPLIT_COUNT
     poll_interval_s: float = 0.5
     shutdown_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         if not self.node_name:
             raise ValueError("the node name is required (--node-name or NODE_NAME)")
+        if self.split_count < 1:
+            raise ValueError(f"--device-split-count must be at least 1, got {self.split_count}")
 
     @property
     def dra_socket(self) -> Path:
@@ -118,7 +121,9 @@ class DraPlugin:
             ),
             on_prepare=self._on_prepare,
         )
-        self.publisher = SlicePublisher(self._api, cfg.node_name, cfg.driver, self.gpus)
+        self.publisher = SlicePublisher(
+            self._api, cfg.node_name, cfg.driver, self.gpus, split_count=cfg.split_count
+        )
         if not self.gpus:
             logger.warning("no GPUs found on %s: publishing an empty ResourceSlice", cfg.node_name)
 

@@ -1,9 +1,12 @@
 """The node's ResourceSlice: building it, checking its shape, and keeping exactly one published.
 
 One slice per node (k8s-apis.md §3.4, §3.5): pool = node name, ``resourceSliceCount: 1``, one
-device ``hami-gpu-<index>`` per GPU with ``allowMultipleAllocations: true`` and two consumable
-capacities, ``memory`` (bytes, policy 1Mi..total step 1Mi, default total) and ``cores`` (percent,
-0..100 step 1, default 100), the shape of HAMi's own DRA driver.
+device ``hami-gpu-<index>`` per GPU with ``allowMultipleAllocations: true`` and consumable
+capacities ``memory`` (bytes, policy 1Mi..total step 1Mi, default total) and ``cores`` (percent,
+0..100 step 1, default 100), the shape of HAMi's own DRA driver, plus ``tasks``: HAMi's
+``deviceSplitCount`` (value N, every share takes exactly 1), so at most N claims share one GPU as
+the device plugin's N virtual devices allow. Claims need not mention it: the policy's default
+applies.
 
 Attributes (driver domain): ``type`` (``hami-gpu``), ``uuid``, ``index``, ``minor``, ``model``
 (HAMi's registered type, ``NVIDIA-`` prefixed when the NVML name lacks it), ``productName`` (the
@@ -78,7 +81,11 @@ def hami_model(nvml_name: str) -> str:
     return nvml_name if nvml_name.startswith("NVIDIA") else f"NVIDIA-{nvml_name}"
 
 
-def device_entry(gpu: DraGpu) -> dict[str, Any]:
+DEFAULT_SPLIT_COUNT: Final = 10  # HAMi's deviceSplitCount default
+CAPACITY_TASKS: Final = "tasks"
+
+
+def device_entry(gpu: DraGpu, *, split_count: int = DEFAULT_SPLIT_COUNT) -> dict[str, Any]:
     """One ``Device`` of the slice (attributes in the driver's domain)."""
     attributes: dict[str, dict[str, Any]] = {
         "type": {"string": DEVICE_TYPE},
@@ -115,6 +122,10 @@ def device_entry(gpu: DraGpu) -> dict[str, Any]:
                     "validRange": {"min": "1Mi", "max": memory, "step": "1Mi"},
                 },
             },
+            CAPACITY_TASKS: {
+                "value": str(split_count),
+                "requestPolicy": {"default": "1", "validValues": ["1"]},
+            },
         },
     }
 
@@ -124,12 +135,19 @@ def slice_name(node_name: str, driver: str) -> str:
     return f"{node_name}-{driver}"[:253].rstrip("-.")
 
 
-def slice_spec(node_name: str, driver: str, gpus: Sequence[DraGpu], *, generation: int) -> dict[str, Any]:
+def slice_spec(
+    node_name: str,
+    driver: str,
+    gpus: Sequence[DraGpu],
+    *,
+    generation: int,
+    split_count: int = DEFAULT_SPLIT_COUNT,
+) -> dict[str, Any]:
     return {
         "driver": driver,
         "nodeName": node_name,
         "pool": {"name": node_name, "generation": generation, "resourceSliceCount": 1},
-        "devices": [device_entry(g) for g in sorted(gpus, key=lambda g: g.index)],
+        "devices": [device_entry(g, split_count=split_count) for g in sorted(gpus, key=lambda g: g.index)],
     }
 
 
@@ -140,6 +158,7 @@ def resource_slice(
     *,
     generation: int = 1,
     node_uid: str | None = None,
+    split_count: int = DEFAULT_SPLIT_COUNT,
 ) -> dict[str, Any]:
     """The complete object; an owner reference to the Node when its UID is known."""
     metadata: dict[str, Any] = {"name": slice_name(node_name, driver)}
@@ -151,7 +170,7 @@ def resource_slice(
         "apiVersion": API_VERSION,
         "kind": "ResourceSlice",
         "metadata": metadata,
-        "spec": slice_spec(node_name, driver, gpus, generation=generation),
+        "spec": slice_spec(node_name, driver, gpus, generation=generation, split_count=split_count),
     }
 
 
@@ -369,11 +388,20 @@ def _same_content(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool
 class SlicePublisher:
     """Keeps the node's single ResourceSlice in place (see the module docstring)."""
 
-    def __init__(self, api: KubeApi, node_name: str, driver: str, gpus: Sequence[DraGpu]) -> None:
+    def __init__(
+        self,
+        api: KubeApi,
+        node_name: str,
+        driver: str,
+        gpus: Sequence[DraGpu],
+        *,
+        split_count: int = DEFAULT_SPLIT_COUNT,
+    ) -> None:
         self._api = api
         self.node_name = node_name
         self.driver = driver
         self.gpus = tuple(gpus)
+        self.split_count = split_count
         self.name = slice_name(node_name, driver)
         self.published = asyncio.Event()
 
@@ -405,7 +433,14 @@ class SlicePublisher:
             except (ApiNotFound, ApiConflict):
                 pass
         node_uid = await self._node_uid()
-        wanted = resource_slice(self.node_name, self.driver, self.gpus, generation=1, node_uid=node_uid)
+        wanted = resource_slice(
+            self.node_name,
+            self.driver,
+            self.gpus,
+            generation=1,
+            node_uid=node_uid,
+            split_count=self.split_count,
+        )
         if ours is not None:
             current_spec = ours.get("spec") or {}
             current_generation = int((current_spec.get("pool") or {}).get("generation") or 0)

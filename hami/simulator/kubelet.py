@@ -71,6 +71,7 @@ from hami.simulator.restclient import (
 logger = logging.getLogger(__name__)
 
 JsonObj = dict[str, Any]
+STATUS_RETRY_S: Final = 0.5  # how soon a failed pod status write is tried again
 RUN_SECONDS_ANNOTATION: Final = "hami.io/sim-run-seconds"
 """Pod annotation: seconds after which the fake kubelet marks the running pod ``Succeeded``."""
 REASON_ADMISSION: Final = "UnexpectedAdmissionError"
@@ -153,6 +154,10 @@ class FakeKubelet:
         self._handled: set[str] = set()  # pod UIDs admitted, rejected or adopted
         self._finalizing: set[str] = set()
         self._timers: dict[str, asyncio.Task[None]] = {}
+        # Pod UID → (pod, status) whose last write failed: retried until it lands, as the real
+        # kubelet's status manager does. A status lost here would leave a rejected pod Pending,
+        # and its device-plugin entry would look like the next pod kubelet admits.
+        self._unsynced: dict[str, tuple[JsonObj, JsonObj]] = {}
         self._published: set[str] = set()
         self._ready_since = _now()
         self.records: dict[str, PodRecord] = {}
@@ -263,16 +268,21 @@ class FakeKubelet:
         timer = self._timers.pop(uid, None)
         if timer is not None:
             timer.cancel()
+        self._unsynced.pop(uid, None)
         self._write_pod_resources()
 
     async def _pod_worker(self, tg: asyncio.TaskGroup) -> None:
         await self._pods.synced.wait()
         while True:
             self._wake.clear()
+            await self._resync_statuses()
             await self._sync(tg)
-            # Unprepare failures (a driver that is away) are retried without waiting for an event.
+            # Unprepare failures (a driver that is away) and unwritten statuses are retried
+            # without waiting for an event.
+            waits = [self.dra.retry_max_s] if self.dra.has_due else []
+            waits += [STATUS_RETRY_S] if self._unsynced else []
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.dra.retry_max_s if self.dra.has_due else None):
+                async with asyncio.timeout(min(waits) if waits else None):
                     await self._wake.wait()
 
     async def _sync(self, tg: asyncio.TaskGroup) -> None:
@@ -426,6 +436,7 @@ class FakeKubelet:
 
     async def _patch_status(self, pod: JsonObj, status: JsonObj) -> None:
         meta = _meta(pod)
+        uid = str(meta.get("uid", ""))
         try:
             await self._client.patch(
                 pod_path(str(meta.get("namespace")), str(meta.get("name")), "status"),
@@ -433,7 +444,20 @@ class FakeKubelet:
                 content_type=STRATEGIC_PATCH,
             )
         except ApiError as exc:
-            logger.info("kubelet %s: status of %s not written: %s", self.name, meta.get("name"), exc)
+            if exc.code in (404, 409):  # the pod is gone, or this name is another pod now
+                self._unsynced.pop(uid, None)
+                return
+            logger.info(
+                "kubelet %s: status of %s not written (will retry): %s", self.name, meta.get("name"), exc
+            )
+            self._unsynced[uid] = (pod, status)
+            return
+        self._unsynced.pop(uid, None)
+
+    async def _resync_statuses(self) -> None:
+        """Write again the statuses whose last write failed (latest status per pod only)."""
+        for pod, status in list(self._unsynced.values()):
+            await self._patch_status(pod, status)
 
     async def _complete_after(self, pod: JsonObj, seconds: float) -> None:
         await asyncio.sleep(seconds)

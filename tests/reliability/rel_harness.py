@@ -497,6 +497,28 @@ class RelCluster:
     def processes(self) -> list[RoleProcess]:
         return [*(r.process for r in self.replicas), *self.plugins.values(), *self.monitors.values()]
 
+    def log_lines_about(self, needles: Sequence[str], *, limit: int = 60) -> str:
+        """Lines of every role log that mention any of ``needles`` (pod names, GPU UUIDs): what the
+        device plugins and schedulers did with the pods a violation names."""
+        found: list[str] = []
+        for proc in self.processes():
+            found += [
+                f"[{proc.name}] {line}"
+                for line in proc.log_text().splitlines()
+                if any(n in line for n in needles)
+            ]
+        return "\n".join(found[-limit:])
+
+    def kubelet_story(self, namespace: str, name: str) -> str:
+        """What the kubelets recorded for a pod: phase, message and each Allocate's device IDs."""
+        lines = []
+        for node in self.cluster.nodes:
+            for record in node.kubelet.records.values():
+                if (record.namespace, record.name) == (namespace, name):
+                    calls = [f"{a.container}: {list(a.device_ids)}" for a in record.allocations]
+                    lines.append(f"kubelet {node.name}: {record.phase} {record.message!r} allocate {calls}")
+        return "\n".join(lines) or f"no kubelet record of {namespace}/{name}"
+
     def crashed(self) -> list[str]:
         """Roles that exited although nobody stopped them (the harness records every stop)."""
         return [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 
 import pytest
@@ -201,6 +202,14 @@ async def test_churn_of_random_pods_under_api_faults() -> None:
             f"({ended} of them long-running pods ended), faults {len(injected)}"
         )
         problems = [str(v) for v in report.violations.values()][:20]
+        for violation in [v for v in report.violations.values() if v.kind == "env-mismatch"][:3]:
+            namespace, name = violation.subject.split("/")[:2]
+            problems.append(rel.kubelet_story(namespace, name))
+            problems.append(
+                rel.log_lines_about(
+                    [f"{namespace}/{name}", *re.findall(r"GPU-[0-9a-f-]{36}", str(violation))]
+                )
+            )
         problems += rel.crashed()
         problems += [f"rejected by the kubelet: {r}" for r in rejected[:5]]
         if len(placed) < total * 0.7:

@@ -136,7 +136,7 @@ async def test_three_replicas_share_gpus_by_capacity_and_deleting_frees_everythi
             ]
             (result,) = claim["status"]["allocation"]["devices"]["results"]
             assert (result["driver"], result["pool"]) == (DRIVER_NAME, bound[name])
-            assert result["consumedCapacity"] == {"cores": "0", "memory": "4000Mi"}
+            assert result["consumedCapacity"] == {"cores": "0", "memory": "4000Mi", "tasks": "1"}
             results[name] = result
         shared = [r for n, r in results.items() if bound[n] == "node-1"]
         assert {r["device"] for r in shared} == {"hami-gpu-0"} and len({r["shareID"] for r in shared}) == 2

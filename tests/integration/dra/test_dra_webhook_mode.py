@@ -276,7 +276,7 @@ async def test_generated_name_replicas_are_translated_by_the_webhook_and_run_on_
                 assert claim["metadata"]["ownerReferences"][0]["uid"] == pod["metadata"]["uid"]
                 (result,) = claim["status"]["allocation"]["devices"]["results"]
                 assert (result["driver"], result["pool"]) == (DRIVER_NAME, bound[name])
-                assert result["consumedCapacity"] == {"cores": "0", "memory": "4000Mi"}
+                assert result["consumedCapacity"] == {"cores": "0", "memory": "4000Mi", "tasks": "1"}
                 record = cluster.kubelet(bound[name]).record(NS, name)
                 assert record is not None and record.phase == "Running"
                 claim_uid = claim["metadata"]["uid"]

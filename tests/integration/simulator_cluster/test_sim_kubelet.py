@@ -227,6 +227,29 @@ async def test_allocate_failures_reject_the_pod(short_dir):
             await server.stop()
 
 
+async def test_a_rejection_status_that_fails_to_land_is_written_again(short_dir):
+    # Found by the soak: a rejected pod whose Failed status hit a 500 stayed Pending, still looking
+    # like the next pod to the device plugin. A real kubelet's status manager retries until it lands.
+    async with EmbeddedCluster.running(nodes=1, state_dir=short_dir, kubelet_settings=FAST) as cluster:
+        node = cluster.nodes[0]
+        plugin = RecordingPlugin(["dev-0"], fail_allocate="injected")
+        server = PluginServer(plugin, node.plugin_dir, resource=RESOURCE)
+        await server.start()
+        try:
+            await wait_node(cluster, node.name, lambda n: devices_of(n) == ("1", "1"))
+            rule = cluster.api.faults.add(
+                FaultRule(
+                    resources=frozenset({"pods/status"}), methods=frozenset({"PATCH"}), status=500, times=3
+                )
+            )
+            await cluster.create_pod(device_pod("rejected", node=node.name))
+            pod = await cluster.wait_for_pod("default", "rejected", phase_is("Failed"))
+            assert pod["status"]["reason"] == "UnexpectedAdmissionError"
+            assert rule.hits == 3  # every injected failure was met, and the status still landed
+        finally:
+            await server.stop()
+
+
 async def test_kubelet_restart_makes_the_plugin_register_again(short_dir):
     async with EmbeddedCluster.running(nodes=1, state_dir=short_dir, kubelet_settings=FAST) as cluster:
         node = cluster.nodes[0]

@@ -383,6 +383,7 @@ def test_cdi_mode_and_dra_plugin(cdi_dra: Rendered, tmp_path: Path, monkeypatch:
     plugin = container(dra, "dra-plugin")
     config = build_dra_config(parse_role_args(plugin["args"], monkeypatch))
     assert config.driver == "hami-core-gpu.project-hami.io"
+    assert config.split_count == 10  # devicePlugin.deviceSplitCount: the tasks capacity of each GPU
     assert str(config.plugin_dir) == "/var/lib/kubelet/plugins/hami-core-gpu.project-hami.io"
     assert str(config.registry_dir) == "/var/lib/kubelet/plugins_registry"
     mounted = {m["mountPath"] for m in plugin["volumeMounts"]}

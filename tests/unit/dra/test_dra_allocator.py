@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 from fractions import Fraction
 from typing import Any
@@ -84,7 +85,7 @@ def test_three_claims_of_one_gpu_and_4000_mib_share_gpus_by_capacity_and_deletin
     # 10000 MiB per GPU: two 4000 MiB shares fit on the first, the third goes to the second.
     assert [r["device"] for r in results] == ["hami-gpu-0", "hami-gpu-0", "hami-gpu-1"]
     assert [r["shareID"] for r in results] == ["share-0", "share-1", "share-2"]
-    assert all(r["consumedCapacity"] == {"cores": "0", "memory": "4000Mi"} for r in results)
+    assert all(r["consumedCapacity"] == {"cores": "0", "memory": "4000Mi", "tasks": "1"} for r in results)
     assert all(
         r["driver"] == DRIVER_NAME and r["pool"] == "node-1" and r["request"] == "gpu" for r in results
     )
@@ -101,6 +102,25 @@ def test_three_claims_of_one_gpu_and_4000_mib_share_gpus_by_capacity_and_deletin
     assert again["devices"]["results"][0]["device"] == "hami-gpu-0"
 
 
+def test_device_split_count_caps_the_shares_of_one_gpu(share_ids: Any) -> None:
+    # Small shares fit by memory and cores many times over; the split count stops the third.
+    devices = node_devices(
+        [resource_slice("node-1", DRIVER_NAME, mock_gpus("node-1", 1, memory_mib=10000), split_count=2)],
+        "node-1",
+    )
+    claim = template_claim({"nvidia.com/gpu": "1", "nvidia.com/gpumem": "100", "nvidia.com/gpucores": "1"})
+    allocations = [allocate(claim, devices, usage_of([]), share_ids)]
+    allocations.append(allocate(claim, devices, usage_of(allocations), share_ids))
+    assert usage_of(allocations).consumed[devices[0].ref]["tasks"] == 2
+    with pytest.raises(Unallocatable):
+        allocate(claim, devices, usage_of(allocations), share_ids)
+    # A claim asking the capacity outright cannot take more than one slot either.
+    greedy = copy.deepcopy(claim)
+    greedy["spec"]["devices"]["requests"][0]["exactly"]["capacity"]["requests"]["tasks"] = "2"
+    with pytest.raises(Unallocatable):
+        allocate(greedy, devices, usage_of([]), share_ids)
+
+
 def test_cores_are_consumable_too_and_exclusive_requests_take_everything(share_ids: Any) -> None:
     devices = node_devices([resource_slice("node-1", DRIVER_NAME, mock_gpus("node-1", 1))], "node-1")
     half = template_claim({"nvidia.com/gpu": "1", "nvidia.com/gpumem": "100", "nvidia.com/gpucores": "60"})
@@ -109,7 +129,7 @@ def test_cores_are_consumable_too_and_exclusive_requests_take_everything(share_i
         allocate(half, devices, usage_of([first]), share_ids)
     whole = template_claim({"nvidia.com/gpu": "1"})  # HAMi: exclusive cores, whole memory
     (result,) = allocate(whole, devices, Usage(), share_ids)["devices"]["results"]
-    assert result["consumedCapacity"] == {"cores": "100", "memory": "40Gi"}
+    assert result["consumedCapacity"] == {"cores": "100", "memory": "40Gi", "tasks": "1"}
     with pytest.raises(Unallocatable):
         allocate(half, devices, usage_of([{"devices": {"results": [result]}}]), share_ids)
 

@@ -70,6 +70,8 @@ def test_slice_golden_shape_and_validates() -> None:
                 "validRange": {"min": "1Mi", "max": "81559Mi", "step": "1Mi"},
             },
         },
+        # deviceSplitCount: every share takes one of the GPU's ten task slots.
+        "tasks": {"value": "10", "requestPolicy": {"default": "1", "validValues": ["1"]}},
     }
 
 
