@@ -66,12 +66,14 @@ class PodInfo:
     def in_handoff(self) -> bool:
         """Bound, and the device plugin still has to hand it devices (kubelet's Allocate pending).
 
-        These are the pods the device plugin chooses among when kubelet calls Allocate.
+        These are the pods the device plugin chooses among when kubelet calls Allocate. A pod being
+        deleted stays among them until it is gone: kubelet may be admitting it right now (the
+        plugin keeps its place too), and binding an older pod ahead of it would put that pod first
+        in the plugin's line while kubelet's call is the deleted pod's.
         """
         return (
             bool(self.node_name)
             and self.phase == "Pending"
-            and not self.deleting
             and self.bind_phase == keys.BIND_PHASE_ALLOCATING
             and self.to_allocate_pending
         )

@@ -122,8 +122,10 @@ async def inject_api_faults(rel: RelCluster, rng: random.Random, stop: asyncio.E
         elif fault == "monitor-sigkill":
             await rel.monitors["node-1"].kill()
             await rel.monitors["node-1"].start()
+            await rel.wait_monitor("node-1")
         elif fault == "monitor-sigterm":  # must drain and exit within its shutdown timeout
             await rel.monitors["node-1"].restart()
+            await rel.wait_monitor("node-1")
         else:
             async with api.paused_for():
                 await asyncio.sleep(0.5)

@@ -19,10 +19,13 @@ from typing import Any
 import pytest
 from sched_fakes import Env, container, gpu, make_env, node_obj, pod_obj
 
+from hami.core import keys
+from hami.core.vendors import build_registry
 from hami.deviceplugin.podlookup import HamiPendingPodSource, KubeAllocationRecorder
 from hami.k8s.objects import NODES, PODS
 from hami.k8s.patches import merge_patch
 from hami.scheduler.handoff import HandoffTracker
+from hami.scheduler.podinfo import decode_pod
 
 
 class PluginApi:
@@ -179,3 +182,27 @@ def test_tracker_blocks_only_older_binds_behind_newer_handoffs():
     exclusive = HandoffTracker(exclusive=True)
     exclusive._enter("a", "n", ("2026-01-01T00:00:05Z", "default", "a"))
     assert "one at a time" in (exclusive.blocker("n", "b", ("2026-01-01T00:00:09Z", "default", "b")) or "")
+
+
+def test_a_newer_pod_being_deleted_still_holds_older_binds_back():
+    # Found by the churn soak: the test deleted a pod while kubelet admitted it; the tracker let an
+    # older pod bind at once, the plugin put that pod first in line, and kubelet's call for the
+    # deleted pod was handed the older pod's devices.
+    registry = build_registry()
+    allocating = {
+        keys.VGPU_NODE: "n",
+        keys.BIND_PHASE: keys.BIND_PHASE_ALLOCATING,
+        keys.VGPU_DEVICES_TO_ALLOCATE: "GPU-0,NVIDIA,1000,10:;",
+        keys.VGPU_DEVICES_ALLOCATED: "GPU-0,NVIDIA,1000,10:;",
+    }
+    newer = pod_obj(
+        "newer", container(), node_name="n", annotations=allocating, created="2026-01-01T00:00:05Z"
+    )
+    newer["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:06Z"
+    tracker = HandoffTracker()
+    tracker.observe(decode_pod(newer, registry))
+    older = ("2026-01-01T00:00:01Z", "default", "older")
+    assert "newer pod default/newer" in (tracker.blocker("n", "older", older) or "")
+    newer["status"]["phase"] = "Failed"  # kubelet rejected it, or it is gone: the way is free
+    tracker.observe(decode_pod(newer, registry))
+    assert tracker.blocker("n", "older", older) is None
