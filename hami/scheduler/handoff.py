@@ -34,8 +34,10 @@ The design
    * binds of one node are serialised through the ``POST pods/binding`` (two binds in flight
      could land in either order);
    * the in-handoff set comes from the pod watch (an entry leaves when the plugin consumed the
-     last container entry, the pod left ``Pending``, was deleted, or its bind phase became
-     ``success``/``failed``), plus the binds this process just made.
+     last container entry, the pod left ``Pending``, is gone, or its bind phase became
+     ``success``/``failed``), plus the binds this process just made. A pod being deleted stays
+     in it until it is gone: kubelet may be admitting it at that moment, and the plugin keeps its
+     place in line for that reason.
 
    Binds arriving in creation order — kube-scheduler's queue order for fresh pods — never wait;
    a pod bound out of order waits until the newer pods of that node have been allocated (a
