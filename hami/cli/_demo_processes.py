@@ -9,7 +9,6 @@ is reported with the end of its log.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shlex
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import IO, Final
 
 from hami.cli._demo_launch import PARENT_ENV
+from hami.runtime.subprocesses import terminate
 
 logger = logging.getLogger(__name__)
 
@@ -126,18 +126,7 @@ class RoleProcess:
         if process is None:
             return None
         try:
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGTERM)
-                try:
-                    async with asyncio.timeout(grace_s):
-                        await process.wait()
-                except TimeoutError:
-                    logger.warning("%s ignored SIGTERM for %.0fs; killing it", self.command.title, grace_s)
-                    with contextlib.suppress(ProcessLookupError):
-                        process.kill()
-                    await process.wait()
-            return process.returncode
+            return await terminate(process, grace_s, self.command.title)
         finally:
             if self._log is not None:
                 self._log.close()

@@ -36,6 +36,7 @@ from hami.core.errors import DecodeError, HamiError
 from hami.core.model import ContainerDevices, PodSingleDevice
 from hami.core.node_lock import NodeLock, decode_node_lock
 from hami.core.pod_annotations import decode_pod_single_device, device_id_of, encode_pod_single_device
+from hami.core.requests import container_resources
 from hami.k8s.errors import ApiServerError, ApiTransportError
 
 logger = logging.getLogger(__name__)
@@ -277,23 +278,16 @@ def names_gpus_of_others(
 
 
 def _requested(pod: RawObject, resource: str) -> list[int]:
-    """Per container, how many of ``resource`` it asks (limits, else requests; 0 when unreadable)."""
+    """Per container, how many of ``resource`` it asks (HAMi's read; 0 when absent or unreadable)."""
     spec = pod.get("spec")
     containers = spec.get("containers") if isinstance(spec, Mapping) else None
     counts: list[int] = []
-    for container in containers if isinstance(containers, list) else []:
-        resources = container.get("resources") if isinstance(container, Mapping) else None
-        resources = resources if isinstance(resources, Mapping) else {}
-        value = None
-        for field in ("limits", "requests"):
-            amounts = resources.get(field)
-            if isinstance(amounts, Mapping) and resource in amounts:
-                value = amounts[resource]
-                break
+    for i, container in enumerate(containers if isinstance(containers, list) else []):
         try:
-            counts.append(int(str(value)) if value is not None else 0)
-        except ValueError:
-            counts.append(0)
+            count = container_resources(container, f"spec.containers[{i}]").integer(resource, [])
+        except HamiError:
+            count = None
+        counts.append(count or 0)
     return counts
 
 

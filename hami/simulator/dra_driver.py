@@ -18,9 +18,7 @@ kubelet's pod deletion does, so the plugin removes its sockets and keeps slice a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any, Final
 
 from hami.core.dra_translate import DEVICE_CLASS_NAME, DEVICE_TYPE, DRIVER_NAME
+from hami.runtime.subprocesses import terminate
 
 logger = logging.getLogger(__name__)
 
@@ -149,18 +148,7 @@ class DraPluginProcess:
         if process is None:
             return None
         try:
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGTERM)
-                try:
-                    async with asyncio.timeout(grace_s):
-                        await process.wait()
-                except TimeoutError:
-                    logger.warning("DRA plugin of %s ignored SIGTERM; killing it", self.layout.node_name)
-                    with contextlib.suppress(ProcessLookupError):
-                        process.kill()
-                    await process.wait()
-            return process.returncode
+            return await terminate(process, grace_s, f"DRA plugin of {self.layout.node_name}")
         finally:
             if self._log is not None:
                 self._log.close()
