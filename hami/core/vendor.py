@@ -19,7 +19,7 @@ from hami.core import keys
 from hami.core.deviceconfig import NvidiaConfig
 from hami.core.errors import ConfigError
 from hami.core.fit import ContainerFit, FitContext, nvidia_fit
-from hami.core.mig import mig_allocate
+from hami.core.mig import MigAllocationError, mig_allocate
 from hami.core.model import (
     MODE_MIG,
     NVIDIA,
@@ -273,6 +273,18 @@ class NvidiaVendor:
             mig, assigned = mig_allocate(
                 device.mig, device.mig_geometries, assigned, template_index_suffix=self.template_index_suffix
             )
+            # The instance's cores and memory replace the request's, which is what fit checked; a
+            # GPU whose recorded usage is off (an allocation written outside this scheduler) may not
+            # hold them, and the ledger would refuse the reservation: reject the node here instead.
+            if (
+                device.usedcores + assigned.usedcores > device.totalcore
+                or device.usedmem + assigned.usedmem > device.totalmem
+            ):
+                raise MigAllocationError(
+                    f"MIG instance {assigned.uuid} ({assigned.usedmem} MiB, {assigned.usedcores} % cores) "
+                    f"exceeds what {device.id} has left ({device.totalmem - device.usedmem} MiB, "
+                    f"{device.totalcore - device.usedcores} % cores)"
+                )
         updated = device.with_usage(
             used=device.used + 1,
             usedmem=device.usedmem + assigned.usedmem,

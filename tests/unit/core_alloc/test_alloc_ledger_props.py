@@ -208,3 +208,22 @@ LedgerMachine.TestCase.settings = settings(
     max_examples=60, stateful_step_count=30, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 TestLedgerMachine = LedgerMachine.TestCase
+
+
+def test_a_mig_instance_never_overflows_a_gpu_whose_usage_was_written_elsewhere() -> None:
+    # Found by the state machine: an allocation written outside this scheduler put 73 % cores on a
+    # 1g.5gb slot; fit checked the request's 0 cores, the instance then took 14 and the ledger
+    # refused the reservation (101 > 100). The node is now rejected at placement instead.
+    machine = LedgerMachine()
+    ledger = machine.ledger
+    for i in range(2):
+        request = pod(req(nums=1, mem=0, cores=0), uid=f"p{i}", gpu_policy="binpack", node_policy="binpack")
+        decision = schedule(ledger.snapshot(), ("n0",), request, VENDORS)
+        assert isinstance(decision, Decision)
+        ledger.assume(f"p{i}", decision.node, decision.devices)
+    ledger.assume("foreign", "n0", {NVIDIA: ((cd("n0-g2[0-1]", 0, 73),),)})
+    for i in range(2, 6):
+        request = pod(req(nums=1, mem=0, cores=0), uid=f"p{i}", gpu_policy="binpack", node_policy="binpack")
+        decision = schedule(ledger.snapshot(), NODES, request, VENDORS)
+        if isinstance(decision, Decision):
+            ledger.assume(f"p{i}", decision.node, decision.devices)  # a fitting decision is always accepted
